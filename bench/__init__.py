@@ -1,0 +1,1 @@
+"""stratakv's benchmarks and crash-recovery torture tool (``python -m bench``)."""

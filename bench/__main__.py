@@ -1,0 +1,12 @@
+"""Entry point: ``python -m bench [options]`` or ``python -m bench crash [options]``."""
+
+import sys
+
+if len(sys.argv) > 1 and sys.argv[1] == "crash":
+    from bench.crash import main as crash_main
+
+    sys.exit(crash_main(sys.argv[2:]))
+
+from bench.cli import main
+
+sys.exit(main())

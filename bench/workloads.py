@@ -1,0 +1,285 @@
+"""Named workloads, in the spirit of LevelDB's db_bench.
+
+Each workload is a function ``(make_system, cfg) -> Measurement`` run once per
+system in a fresh child process (so peak RSS is per system and no cache
+carries over). Keys are 16 bytes (``%016d`` of a random number, as in
+db_bench); values are 100 bytes that lz4 compresses about 2:1 (a random
+half repeated), or incompressible with ``--values random``.
+
+Every measurement keeps per-operation latencies (a sample of up to 200,000),
+so the report can give p50 and p99 beside the throughput.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from bench.systems import System
+
+__all__ = ["WORKLOADS", "Config", "Measurement", "Workload"]
+
+MakeSystem = Callable[..., System]
+
+
+@dataclass
+class Config:
+    keys: int = 100_000
+    threads: int = 16
+    seed: int = 42
+    values: str = "compressible"
+    suite: str = "quick"
+    op_delay_ms: float = 0.2
+    scale: float = 1.0
+
+    def n(self, quick: int) -> int:
+        """Operation count for a workload whose quick-suite size is ``quick``."""
+        return max(1, int(quick * self.scale))
+
+
+@dataclass
+class Measurement:
+    ops: int = 0
+    seconds: float = 0.0
+    latencies_us: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    run: Callable[[MakeSystem, Config], Measurement]
+    unit: str = "ops/s"
+    peers: bool = True  # also run on sqlite3/lmdb/rocksdb
+
+
+class Values:
+    """db_bench-style value source: slices of a pre-generated pool."""
+
+    def __init__(self, kind: str, seed: int, size: int = 100) -> None:
+        rng = random.Random(seed)
+        pool = bytearray()
+        while len(pool) < 1 << 20:
+            if kind == "random":
+                pool += rng.randbytes(size)
+            else:
+                half = rng.randbytes(size // 2)
+                pool += (half * 2)[:size]
+        self._pool = bytes(pool)
+        self._size = size
+        self._pos = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> bytes:
+        with self._lock:
+            if self._pos + self._size > len(self._pool):
+                self._pos = 0
+            v = self._pool[self._pos : self._pos + self._size]
+            self._pos += self._size
+            return v
+
+
+def key(i: int) -> bytes:
+    return b"%016d" % i
+
+
+def _timed(fn: Callable[[], object], lat: list[float]) -> None:
+    t = time.perf_counter()
+    fn()
+    lat.append((time.perf_counter() - t) * 1e6)
+
+
+def _threads(n: int, body: Callable[[int, list[float]], None]) -> Measurement:
+    """Run ``body(thread_index, latencies)`` on ``n`` threads; time the whole."""
+    lats: list[list[float]] = [[] for _ in range(n)]
+    errors: list[BaseException] = []
+
+    def wrap(i: int) -> None:
+        try:
+            body(i, lats[i])
+        except BaseException as exc:
+            errors.append(exc)
+
+    ts = [threading.Thread(target=wrap, args=(i,)) for i in range(n)]
+    start = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    all_lat = [x for lat in lats for x in lat]
+    return Measurement(ops=len(all_lat), seconds=seconds, latencies_us=all_lat)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- write workloads -----------------------------------------------------------
+
+
+def fillsync(threads: int, quick_ops: int) -> Callable[[MakeSystem, Config], Measurement]:
+    def run(make: MakeSystem, cfg: Config) -> Measurement:
+        sysm = make(durable=True)
+        values = Values(cfg.values, cfg.seed)
+        per = cfg.n(quick_ops) // threads
+
+        def body(t: int, lat: list[float]) -> None:
+            rng = random.Random(cfg.seed + t)
+            for _ in range(per):
+                k, v = key(rng.randrange(cfg.keys)), values.next()
+                _timed(partial(sysm.put, k, v), lat)
+
+        m = _threads(threads, body)
+        sysm.close()
+        return m
+    return run
+
+
+def fillbatch(make: MakeSystem, cfg: Config) -> Measurement:
+    sysm = make(durable=True)
+    values = Values(cfg.values, cfg.seed)
+    rng = random.Random(cfg.seed)
+    lat: list[float] = []
+    start = time.perf_counter()
+    batches = cfg.n(300)
+    for _ in range(batches):
+        items = [(key(rng.randrange(cfg.keys)), values.next()) for _ in range(100)]
+        _timed(partial(sysm.put_many, items), lat)
+    seconds = time.perf_counter() - start
+    sysm.close()
+    return Measurement(ops=batches * 100, seconds=seconds, latencies_us=lat,
+                       extra={"batches": batches})
+
+
+def _load(sysm: System, cfg: Config, n: int, order: list[int] | None = None) -> Measurement:
+    """Bulk load ``n`` keys in batches of 1,000 (sqlite3: executemany per transaction)."""
+    values = Values(cfg.values, cfg.seed)
+    ids = order if order is not None else list(range(n))
+    lat: list[float] = []
+    start = time.perf_counter()
+    for i in range(0, n, 1000):
+        items = [(key(j), values.next()) for j in ids[i : i + 1000]]
+        _timed(partial(sysm.put_many, items), lat)
+    return Measurement(ops=n, seconds=time.perf_counter() - start, latencies_us=lat)
+
+
+def _shuffled(n: int, seed: int) -> list[int]:
+    ids = list(range(n))
+    random.Random(seed).shuffle(ids)
+    return ids
+
+
+def fillrandom(make: MakeSystem, cfg: Config) -> Measurement:
+    sysm = make(durable=False)
+    m = _load(sysm, cfg, cfg.keys, _shuffled(cfg.keys, cfg.seed))
+    settle = time.perf_counter()
+    sysm.settle()  # type: ignore[attr-defined]
+    m.extra["settle_seconds"] = time.perf_counter() - settle
+    m.extra["bytes_on_disk"] = sysm.bytes_on_disk()
+    m.extra["bytes_per_key"] = m.extra["bytes_on_disk"] / cfg.keys
+    sysm.close()
+    m.extra["peak_rss_mb"] = peak_rss_mb()
+    return m
+
+
+# -- read workloads --------------------------------------------------------------
+
+
+def _loaded(make: MakeSystem, cfg: Config, **options: Any) -> System:
+    sysm = make(durable=False, **options)
+    _load(sysm, cfg, cfg.keys, _shuffled(cfg.keys, cfg.seed))
+    sysm.settle()  # type: ignore[attr-defined]
+    sysm.reopen()
+    return sysm
+
+
+def _reads(sysm: System, keys: list[bytes]) -> Measurement:
+    lat: list[float] = []
+    get = sysm.get
+    start = time.perf_counter()
+    for k in keys:
+        t = time.perf_counter()
+        get(k)
+        lat.append((time.perf_counter() - t) * 1e6)
+    return Measurement(ops=len(keys), seconds=time.perf_counter() - start, latencies_us=lat)
+
+
+def readrandom(make: MakeSystem, cfg: Config) -> Measurement:
+    sysm = _loaded(make, cfg)
+    rng = random.Random(cfg.seed + 1)
+    keys = [key(rng.randrange(cfg.keys)) for _ in range(cfg.n(100_000))]
+    _reads(sysm, keys[: len(keys) // 10])  # warm the caches a little, as db_bench's reads do
+    m = _reads(sysm, keys)
+    found = sum(sysm.get(k) is not None for k in keys[:1000])
+    sysm.close()
+    if found != 1000:
+        raise RuntimeError(f"readrandom: only {found} of 1000 present keys found")
+    m.extra["peak_rss_mb"] = peak_rss_mb()
+    return m
+
+
+def readmissing(make: MakeSystem, cfg: Config) -> Measurement:
+    sysm = _loaded(make, cfg)
+    rng = random.Random(cfg.seed + 2)
+    keys = [b"%015d." % rng.randrange(cfg.keys) for _ in range(cfg.n(100_000))]
+    m = _reads(sysm, keys)
+    if any(sysm.get(k) is not None for k in keys[:1000]):
+        raise RuntimeError("readmissing: found a key that was never written")
+    sysm.close()
+    return m
+
+
+def readmem(make: MakeSystem, cfg: Config) -> Measurement:
+    """Point reads of 100,000 keys that all sit in stratakv's memtable (no reopen)."""
+    n = 100_000
+    sysm = make(durable=False, memtable_bytes=512 << 20)
+    _load(sysm, cfg, n, _shuffled(n, cfg.seed))
+    rng = random.Random(cfg.seed + 3)
+    keys = [key(rng.randrange(n)) for _ in range(cfg.n(200_000))]
+    m = _reads(sysm, keys)
+    sysm.close()
+    return m
+
+
+def scan100(make: MakeSystem, cfg: Config) -> Measurement:
+    sysm = _loaded(make, cfg)
+    rng = random.Random(cfg.seed + 4)
+    starts = [key(rng.randrange(cfg.keys)) for _ in range(cfg.n(5_000))]
+    lat: list[float] = []
+    total = 0
+    start = time.perf_counter()
+    for s in starts:
+        t = time.perf_counter()
+        total += len(sysm.scan(s, 100))
+        lat.append((time.perf_counter() - t) * 1e6)
+    seconds = time.perf_counter() - start
+    sysm.close()
+    return Measurement(ops=total, seconds=seconds, latencies_us=lat,
+                       extra={"scans": len(starts), "scans_per_s": len(starts) / seconds})
+
+
+WORKLOADS: dict[str, Workload] = {
+    w.name: w for w in [
+        Workload("fillsync1", "durable single-key puts, 1 thread", fillsync(1, 2_000)),
+        Workload("fillsync16", "durable single-key puts, 16 threads (group commit)",
+                 fillsync(16, 6_400)),
+        Workload("fillbatch100", "durable batches of 100 puts", fillbatch),
+        Workload("fillrandom", "bulk load of --keys keys in random order, batches of 1,000, "
+                               "not synced", fillrandom),
+        Workload("readmem", "random gets, 100,000 keys resident in the memtable", readmem),
+        Workload("readrandom", "random gets of present keys after load and reopen", readrandom),
+        Workload("readmissing", "random gets of absent keys after load and reopen", readmissing),
+        Workload("scan100", "100-key range scans from random keys, after reopen", scan100,
+                 unit="keys/s"),
+    ]
+}

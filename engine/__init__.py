@@ -1,0 +1,61 @@
+"""stratakv's storage engine: an embedded, durable, transactional LSM key-value store.
+
+Keys and values are bytes. Quick start::
+
+    import engine
+    with engine.open("/tmp/db") as db:
+        db.put(b"k", b"v")
+        assert db.get(b"k") == b"v"
+        with db.transaction() as tx:
+            tx.put(b"k", tx.get(b"k") + b"!")
+
+See ``Engine`` for the full API and ``Options`` for tunables.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine.batch import WriteBatch
+from engine.db import Engine, Snapshot
+from engine.errors import (
+    ClosedError,
+    CorruptionError,
+    EngineError,
+    InvalidArgument,
+    SerializationFailure,
+    StorageError,
+    TransactionClosed,
+)
+from engine.fs import FileSystem, LockedError, MemFS, OSFileSystem
+from engine.options import Options
+from engine.txn import Transaction
+
+__all__ = [
+    "ClosedError",
+    "CorruptionError",
+    "Engine",
+    "EngineError",
+    "FileSystem",
+    "InvalidArgument",
+    "LockedError",
+    "MemFS",
+    "OSFileSystem",
+    "Options",
+    "SerializationFailure",
+    "Snapshot",
+    "StorageError",
+    "Transaction",
+    "TransactionClosed",
+    "WriteBatch",
+    "open",
+]
+
+
+def open(path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:
+    """Open (creating if needed) the store in directory ``path``.
+
+    Keyword arguments are :class:`Options` fields, e.g. ``sync="none"``;
+    ``fs`` substitutes a file system (``MemFS()`` for tests).
+    """
+    return Engine(path, Options(**options), fs)

@@ -1,0 +1,192 @@
+"""Write batches: argument checks, the in-memory batch, and its byte encoding.
+
+Grammar of an encoded batch body (little-endian; see FORMAT.md)::
+
+    ops    := count:u32 op{count}
+    op     := kind:u8 key_len:u32 value_len:u32 key[key_len] value[value_len]
+    kind   := DELETE=0 | PUT=1               # a DELETE has value_len = 0
+    batch  := sequence:u64 ops               # as stored in a WAL write group
+
+A batch holds at most one operation per key (the last one wins), so all of
+its operations can share one sequence number. Pure module: no I/O, no locks.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from engine.encoding import Kind
+from engine.errors import CorruptionError, InvalidArgument
+from engine.options import Options
+
+__all__ = ["WriteBatch", "check_key", "check_value", "decode_ops", "encode_ops"]
+
+_OP = struct.Struct("<BII")
+_COUNT = struct.Struct("<I")
+_SEQ = struct.Struct("<Q")
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _as_bytes(obj: object, what: str) -> bytes:
+    if type(obj) is bytes:
+        return obj
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
+    raise TypeError(f"{what} must be bytes-like, got {type(obj).__name__}")
+
+
+def check_key(key: object, options: Options) -> bytes:
+    """Return ``key`` as bytes, or raise TypeError / InvalidArgument naming it."""
+    k = key if type(key) is bytes else _as_bytes(key, "key")
+    if len(k) > options.max_key_bytes:
+        raise InvalidArgument(
+            f"key of {len(k)} bytes exceeds max_key_bytes={options.max_key_bytes}"
+        )
+    return k
+
+
+def check_value(value: object, options: Options) -> bytes:
+    """Return ``value`` as bytes, or raise TypeError / InvalidArgument naming it."""
+    v = value if type(value) is bytes else _as_bytes(value, "value")
+    if len(v) > options.max_value_bytes:
+        raise InvalidArgument(
+            f"value of {len(v)} bytes exceeds max_value_bytes={options.max_value_bytes}"
+        )
+    return v
+
+
+def encode_ops(ops: dict[bytes, bytes | None]) -> bytes:
+    """Encode ``ops`` (key -> value, ``None`` meaning delete) as an ``ops`` body."""
+    parts: list[bytes] = [_COUNT.pack(len(ops))]
+    append = parts.append
+    pack = _OP.pack
+    for key, value in ops.items():
+        if value is None:
+            append(pack(Kind.DELETE, len(key), 0))
+            append(key)
+        else:
+            append(pack(Kind.PUT, len(key), len(value)))
+            append(key)
+            append(value)
+    return b"".join(parts)
+
+
+def decode_ops(
+    data: bytes, pos: int = 0, *, path: str = "<batch>", base: int = 0
+) -> tuple[dict[bytes, bytes | None], int]:
+    """Decode an ``ops`` body at ``pos``; return (ops, end offset).
+
+    Damage is reported as CorruptionError at ``base + offset`` in ``path``.
+    """
+    n = len(data)
+    try:
+        (count,) = _COUNT.unpack_from(data, pos)
+        pos += 4
+        ops: dict[bytes, bytes | None] = {}
+        unpack = _OP.unpack_from
+        for _ in range(count):
+            kind, klen, vlen = unpack(data, pos)
+            pos += 9
+            key = data[pos : pos + klen]
+            pos += klen
+            if kind == Kind.PUT:
+                ops[key] = data[pos : pos + vlen]
+                pos += vlen
+            elif kind == Kind.DELETE and vlen == 0:
+                ops[key] = None
+            else:
+                raise CorruptionError(path, base + pos, f"bad operation kind {kind}/{vlen}")
+            if pos > n:
+                raise CorruptionError(path, base + pos, "operation runs past end of record")
+    except struct.error as exc:
+        raise CorruptionError(path, base + pos, f"truncated batch: {exc}") from None
+    return ops, pos
+
+
+class WriteBatch:
+    """An atomic group of puts and deletes, applied all or nothing.
+
+    Arguments are checked as they are added, so a bad key or value raises
+    before the batch reaches the engine. Use it through ``db.batch()`` (a
+    context manager that commits on clean exit) or pass it to ``db.write()``.
+    Not thread-safe; build a batch in one thread.
+    """
+
+    __slots__ = ("_bytes", "_options", "ops")
+
+    def __init__(self, options: Options | None = None) -> None:
+        self._options = options or Options()
+        self.ops: dict[bytes, bytes | None] = {}
+        self._bytes = 0
+
+    def _account(self, key: bytes, value: bytes | None) -> None:
+        delta = len(value) if value else 0
+        if key in self.ops:
+            old = self.ops[key]
+            delta -= len(old) if old else 0
+        else:
+            delta += len(key)
+        if self._bytes + delta > self._options.max_batch_bytes:
+            raise InvalidArgument(
+                f"batch of {self._bytes + delta} bytes exceeds "
+                f"max_batch_bytes={self._options.max_batch_bytes}"
+            )
+        self._bytes += delta
+        self.ops[key] = value
+
+    def put(self, key: Buffer, value: Buffer) -> None:
+        k = check_key(key, self._options)
+        v = check_value(value, self._options)
+        self._account(k, v)
+
+    def delete(self, key: Buffer) -> None:
+        self._account(check_key(key, self._options), None)
+
+    def clear(self) -> None:
+        self.ops.clear()
+        self._bytes = 0
+
+    @property
+    def byte_size(self) -> int:
+        """Sum of key and value lengths (the quantity ``max_batch_bytes`` limits)."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes | None]]:
+        return iter(self.ops.items())
+
+    def to_bytes(self) -> bytes:
+        """The batch's ``ops`` encoding, e.g. to ship it in a replication log entry."""
+        return encode_ops(self.ops)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, options: Options | None = None) -> WriteBatch:
+        """Inverse of :meth:`to_bytes`; raises CorruptionError on malformed input."""
+        ops, end = decode_ops(data)
+        if end != len(data):
+            raise CorruptionError("<batch>", end, "trailing bytes after batch")
+        batch = cls(options)
+        for key, value in ops.items():
+            batch._account(key, value)
+        return batch
+
+
+def encode_batch(sequence: int, ops: dict[bytes, bytes | None]) -> bytes:
+    """A WAL batch: sequence number followed by the ops body."""
+    return _SEQ.pack(sequence) + encode_ops(ops)
+
+
+def decode_batch(
+    data: bytes, pos: int, *, path: str, base: int
+) -> tuple[int, dict[bytes, bytes | None], int]:
+    """Decode a WAL batch at ``pos``; return (sequence, ops, end)."""
+    try:
+        (seq,) = _SEQ.unpack_from(data, pos)
+    except struct.error:
+        raise CorruptionError(path, base + pos, "truncated batch sequence") from None
+    ops, end = decode_ops(data, pos + 8, path=path, base=base)
+    return seq, ops, end

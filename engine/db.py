@@ -1,0 +1,966 @@
+"""The Engine: recovery, the write path (group commit), the read paths, background work.
+
+Data flow::
+
+    put/batch/commit --> writer queue --> WAL record (one per group) --> memtable --> visible
+                                                                           | full
+                                                           immutable memtable --flush--> L0 table
+                                                                                  compaction
+                                                                           L0 --> L1 --> ... Ln
+
+Threads and locks:
+
+* ``_mutex`` guards the writer queue, sequence allocation, the certifier,
+  snapshots, file-number allocation and the swap of ``_sv``. Held briefly,
+  never across WAL I/O.
+* The writer at the head of the queue is the *leader*: it takes every queued
+  batch, writes them as one WAL record with one sync outside the mutex,
+  inserts them into the memtable, then publishes ``_visible_seq`` and wakes
+  the others (LevelDB's writer queue). Only the leader writes the WAL and
+  the active memtable.
+* ``_manifest_lock`` serialises installing a new version (manifest edit +
+  ``_sv`` swap); the flush thread and the compaction thread take it, always
+  before ``_mutex``.
+* Readers take no lock: they read ``_visible_seq`` and then ``_sv`` (an
+  immutable bundle of memtable, immutable memtables and tables), in that
+  order, and filter by sequence -- every entry with a sequence <= the
+  visible one is in that bundle, and a batch is either wholly visible or not.
+
+Invariants:
+
+1. Sequences are allocated in queue order, under ``_mutex``; WAL order,
+   memtable order and visibility order equal allocation order.
+2. A write is acknowledged only after its WAL record was written (and synced
+   with ``sync="always"``).
+3. A WAL segment is deleted only after the manifest durably records a table
+   holding all of its batches (``log_number`` moved past it).
+4. A table file is deleted only after the manifest no longer references it;
+   readers holding an old version keep its open file.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from engine import compaction
+from engine.batch import Buffer, WriteBatch, check_key, check_value
+from engine.block import Block
+from engine.bloom import key_hash
+from engine.cache import LRUCache
+from engine.encoding import FileKind, file_name, parse_file_name
+from engine.errors import (
+    ClosedError,
+    CorruptionError,
+    EngineError,
+    InvalidArgument,
+    SerializationFailure,
+    StorageError,
+)
+from engine.fs import FileSystem, OSFileSystem
+from engine.invariants import VerifyReport, verify_store
+from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
+from engine.logfile import LogFile
+from engine.manifest import CURRENT, Manifest, RecoveredState
+from engine.memtable import Entry, MemTable
+from engine.options import Options
+from engine.ssi import Certifier, TxnState
+from engine.sstable import Table, TableBuilder, TableProperties
+from engine.txn import Transaction
+from engine.version import FileMeta, Version, VersionEdit
+from engine.wal import encode_group, replay
+
+__all__ = ["Engine", "Snapshot"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_MAX_GROUP_BYTES = 1 << 20
+_MAX_MANIFEST_BYTES = 4 << 20
+
+
+class _Writer:
+    __slots__ = ("blind", "cv", "done", "error", "nbytes", "ops", "seq", "txn")
+
+    def __init__(self, ops: dict[bytes, bytes | None], nbytes: int, cv: threading.Condition,
+                 txn: TxnState | None) -> None:
+        self.ops = ops
+        self.nbytes = nbytes
+        self.cv = cv
+        self.txn = txn
+        self.blind: TxnState | None = None
+        self.seq = 0
+        self.done = False
+        self.error: BaseException | None = None
+
+
+class _SuperVersion:
+    """What a reader needs, swapped atomically: memtables plus tables by level."""
+
+    __slots__ = ("has_tables", "imms", "l0", "levels", "mem", "version")
+
+    def __init__(self, mem: MemTable, imms: tuple[MemTable, ...], version: Version,
+                 tables: dict[int, Table]) -> None:
+        self.mem = mem
+        self.imms = imms  # newest first
+        self.version = version
+        self.l0 = tuple(tables[f.number] for f in version.levels[0])
+        self.levels = tuple(
+            ([f.largest for f in files], [tables[f.number] for f in files])
+            for files in version.levels[1:]
+            if files
+        )
+        self.has_tables = bool(self.l0 or self.levels)
+
+
+def _meta(p: TableProperties) -> FileMeta:
+    return FileMeta(p.number, p.file_size, p.smallest, p.largest, p.min_seq, p.max_seq,
+                    p.entries)
+
+
+class Snapshot:
+    """A consistent, read-only view of the store at one sequence number.
+
+    Holding a snapshot keeps compaction from discarding the versions it sees;
+    release it (or use it as a context manager) when done.
+    """
+
+    __slots__ = ("_engine", "_released", "sequence")
+
+    def __init__(self, engine: Engine, sequence: int) -> None:
+        self._engine = engine
+        self.sequence = sequence
+        self._released = False
+
+    def get(self, key: Buffer) -> bytes | None:
+        self._check()
+        return self._engine._get_at(check_key(key, self._engine.options), self.sequence)
+
+    def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        return self._engine._scan_at(start, end, reverse, self.sequence)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._engine._release_snapshot(self.sequence)
+
+    def _check(self) -> None:
+        if self._released:
+            raise ClosedError("snapshot was released")
+
+    def __enter__(self) -> Snapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class BatchContext(WriteBatch):
+    """``with db.batch() as b:`` -- a WriteBatch written atomically on clean exit."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine.options)
+        self._engine = engine
+
+    def __enter__(self) -> BatchContext:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self._engine.write(self)
+
+
+class Engine:
+    """An embedded LSM key-value store in one directory. Thread-safe."""
+
+    def __init__(self, path: str, options: Options | None = None,
+                 fs: FileSystem | None = None) -> None:
+        self.options = (options or Options()).validate()
+        self.path = path
+        self._fs = fs or OSFileSystem()
+        self._mutex = threading.Lock()
+        self._bg_cv = threading.Condition(self._mutex)  # versions, memtables, errors changed
+        self._idle_cv = threading.Condition(self._mutex)  # the writer queue became empty
+        self._manifest_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._writers: deque[_Writer] = deque()
+        self._snapshots: Counter[int] = Counter()
+        self._cache: LRUCache[Block] = LRUCache(self.options.block_cache_bytes)
+        self._tables: dict[int, Table] = {}
+        self._pointers: dict[int, bytes] = {}
+        self._bg_error: EngineError | None = None
+        self._closed = False
+        self._rejecting_writes = False  # close() started: no new writes
+        self._closing = False  # background threads must stop
+        self._stats: Counter[str] = Counter()
+        self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._fs.mkdirs(path)
+        self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
+        try:
+            self._recover()
+        except BaseException:
+            self._lock.release()
+            for t in self._tables.values():
+                t.close()
+            raise
+        self._flush_thread = threading.Thread(target=self._flush_loop, daemon=True,
+                                              name=f"stratakv-flush:{path}")
+        self._compact_thread = threading.Thread(target=self._compaction_loop, daemon=True,
+                                                name=f"stratakv-compact:{path}")
+        self._flush_thread.start()
+        self._compact_thread.start()
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self) -> None:
+        fs, path, opts = self._fs, self.path, self.options
+        names = fs.listdir(path)
+        if CURRENT in names:
+            state = Manifest.recover(fs, path, opts.num_levels)
+        else:
+            owned = [n for n in names if parse_file_name(n) is not None]
+            if owned:
+                raise CorruptionError(fs.join(path, CURRENT), None,
+                                      f"missing, but the directory holds store files {owned[:3]}")
+            state = RecoveredState(Version.empty(opts.num_levels), 0, 1, 0, 0)
+        version = state.version
+        # Numbers taken since the last edit that logged next_file (WAL segments
+        # of memtable switches, tables of an unfinished compaction) are on disk
+        # but not in the manifest: never hand them out again (LevelDB's
+        # MarkFileNumberUsed).
+        on_disk = [num for _, num in filter(None, map(parse_file_name, names))]
+        self._next_file = max([state.next_file, *(n + 1 for n in on_disk)])
+        for _, f in version.files():
+            self._tables[f.number] = self._open_table(f)
+        last_seq = state.last_sequence
+        wals = sorted(num for kind, num in filter(None, map(parse_file_name, names))
+                      if kind is FileKind.WAL and num >= state.log_number)
+        edit_added: list[tuple[int, FileMeta]] = []
+        mem = MemTable(0)
+        for i, number in enumerate(wals):
+            wal_path = fs.join(path, file_name(FileKind.WAL, number))
+            batches, scan = replay(fs, wal_path)
+            if scan.torn is not None:
+                if i != len(wals) - 1:
+                    raise CorruptionError(wal_path, scan.valid_end,
+                                          f"{scan.torn} in a WAL segment that is not the newest")
+                log.warning("%s: cutting torn tail at offset %d (%s)", wal_path,
+                            scan.valid_end, scan.torn)
+                fs.truncate(wal_path, scan.valid_end)
+            for seq, ops in batches:
+                if seq <= last_seq:
+                    raise CorruptionError(wal_path, None,
+                                          f"sequence {seq} does not follow {last_seq}")
+                mem.add(seq, ops)
+                last_seq = seq
+                if mem.approx_bytes >= opts.memtable_bytes:
+                    edit_added += self._flush_during_recovery(mem)
+                    mem = MemTable(0)
+            self._stats["wal_batches_replayed"] += len(batches)
+        if len(mem) or mem.last_seq:
+            edit_added += self._flush_during_recovery(mem)
+        if edit_added:
+            fs.sync_dir(path)
+            version = version.apply(VersionEdit(added=tuple(edit_added)))
+        self._last_seq = self._visible_seq = last_seq
+        self._manifest_last_seq = last_seq
+        log_number = self._log_number = self._take_file_number()
+        self._wal = LogFile(fs, path, FileKind.WAL, log_number)
+        self._manifest = Manifest(fs, path)
+        manifest_number = self._take_file_number()
+        self._manifest.install(manifest_number,
+                               version.snapshot_edit(log_number, self._next_file, last_seq))
+        self._sv = _SuperVersion(MemTable(log_number), (), version, self._tables)
+        self._delete_obsolete(version, log_number, manifest_number)
+
+    def _flush_during_recovery(self, mem: MemTable) -> list[tuple[int, FileMeta]]:
+        if not len(mem):
+            return []
+        number = self._take_file_number()
+        props = self._build_table(mem.entries(), number, ())
+        if props is None:
+            return []
+        self._tables[number] = Table(self._fs, self._table_path(number), number, self._cache)
+        return [(0, _meta(props))]
+
+    def _open_table(self, f: FileMeta) -> Table:
+        table_path = self._fs.join(self.path, file_name(FileKind.TABLE, f.number))
+        if not self._fs.exists(table_path):
+            raise CorruptionError(table_path, None, "table file referenced by the manifest "
+                                                    "is missing")
+        table = Table(self._fs, table_path, f.number, self._cache)
+        if table.props.file_size != f.size:
+            table.close()
+            raise CorruptionError(table_path, None, f"size {table.props.file_size} differs "
+                                                    f"from the manifest's {f.size}")
+        return table
+
+    def _take_file_number(self) -> int:
+        number = self._next_file
+        self._next_file += 1
+        return number
+
+    def _delete_obsolete(self, version: Version, log_number: int, manifest_number: int) -> None:
+        live = {f.number for _, f in version.files()}
+        for name in self._fs.listdir(self.path):
+            parsed = parse_file_name(name)
+            if parsed is None:
+                if not name.endswith(".dbtmp"):
+                    continue
+            else:
+                kind, number = parsed
+                if ((kind is FileKind.WAL and number >= log_number)
+                        or (kind is FileKind.TABLE and number in live)
+                        or (kind is FileKind.MANIFEST and number == manifest_number)
+                        or number >= self._next_file):
+                    continue
+            log.info("%s: deleting obsolete file %s", self.path, name)
+            self._fs.remove(self._fs.join(self.path, name))
+
+    # ------------------------------------------------------------------ writes
+
+    def put(self, key: Buffer, value: Buffer) -> None:
+        """Set ``key`` to ``value``; durable when it returns (per ``Options.sync``)."""
+        k = check_key(key, self.options)
+        v = check_value(value, self.options)
+        self._write({k: v}, len(k) + len(v))
+
+    def delete(self, key: Buffer) -> None:
+        """Remove ``key`` (a no-op if absent); durable when it returns."""
+        k = check_key(key, self.options)
+        self._write({k: None}, len(k))
+
+    def batch(self) -> BatchContext:
+        """A batch to fill inside ``with``; written atomically when the block exits cleanly."""
+        self._check_open()
+        return BatchContext(self)
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply every operation of ``batch`` atomically."""
+        if not isinstance(batch, WriteBatch):
+            raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+        if batch.ops:
+            self._write(dict(batch.ops), batch.byte_size)
+
+    def apply(self, batch: WriteBatch, sequence: int) -> bool:
+        """Apply ``batch`` at ``sequence`` chosen by the caller (a replication log index).
+
+        Idempotent: a sequence <= :attr:`last_sequence` is ignored and
+        ``False`` returned. Sequences may skip numbers. The last applied
+        sequence survives restart, even for an empty batch.
+        """
+        if not isinstance(batch, WriteBatch):
+            raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+        if type(sequence) is not int:
+            raise TypeError(f"sequence must be an int, got {type(sequence).__name__}")
+        if not 0 < sequence < 1 << 56:
+            raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
+        return self._write(dict(batch.ops), batch.byte_size, sequence=sequence) != 0
+
+    def _write(self, ops: dict[bytes, bytes | None], nbytes: int, *,
+               sequence: int | None = None, txn: TxnState | None = None) -> int:
+        """Queue ``ops``, group-commit, return the sequence (0 for an ignored apply)."""
+        w = _Writer(ops, nbytes, threading.Condition(self._mutex), txn)
+        with self._mutex:
+            self._check_writable()
+            if sequence is not None:
+                if sequence <= self._last_seq:
+                    return 0
+                seq = sequence
+            else:
+                seq = self._last_seq + 1
+            if txn is not None:
+                self._certifier.certify(txn, ops, seq, time.monotonic())
+            elif ops and self._certifier.tracking:
+                w.blind = self._certifier.record_blind_write(ops, seq, time.monotonic())
+            self._last_seq = w.seq = seq
+            self._writers.append(w)
+            while not w.done and self._writers[0] is not w:
+                w.cv.wait()
+            if w.done:
+                if w.error is not None:
+                    raise w.error
+                return seq
+            try:
+                self._make_room()
+            except BaseException as exc:
+                self._finish_group([w], exc)
+                raise
+            group = [w]
+            size = w.nbytes
+            for other in self._writers:
+                if other is w:
+                    continue
+                if size + other.nbytes > _MAX_GROUP_BYTES:
+                    break
+                group.append(other)
+                size += other.nbytes
+            mem, wal = self._sv.mem, self._wal
+        error: EngineError | None = None
+        try:
+            wal.append(encode_group([(x.seq, x.ops) for x in group]),
+                       sync=self.options.sync == "always")
+        except OSError as exc:
+            error = StorageError(f"writing {wal.path} failed: {exc}")
+        else:
+            for x in group:
+                mem.add(x.seq, x.ops)
+        with self._mutex:
+            if error is not None:
+                log.error("%s: %s; the engine is now read-only", self.path, error)
+                self._bg_error = error
+            else:
+                self._visible_seq = group[-1].seq
+                self._stats["writes"] += len(group)
+                self._stats["write_groups"] += 1
+                self._stats["user_bytes_written"] += size
+            self._finish_group(group, error)
+        if error is not None:
+            raise error
+        return w.seq
+
+    def _finish_group(self, group: list[_Writer], error: BaseException | None) -> None:
+        """Mark ``group`` (the head of the queue) done and wake its members. Holds _mutex."""
+        for x in group:
+            x.done = True
+            x.error = error
+            self._writers.popleft()
+            for state in (x.txn, x.blind):
+                if state is not None:
+                    if error is None:
+                        self._certifier.committed(state)
+                    else:
+                        self._certifier.abort(state, "storage_error")
+            x.cv.notify()
+        if self._writers:
+            self._writers[0].cv.notify()
+        else:
+            self._idle_cv.notify_all()
+
+    def _make_room(self) -> None:
+        """Ensure the memtable can take a write, switching or stalling. Leader holds _mutex."""
+        opts = self.options
+        delayed = False
+        while True:
+            if self._bg_error is not None:
+                raise self._bg_error
+            sv = self._sv
+            l0 = len(sv.version.levels[0])
+            if not delayed and l0 >= opts.l0_slowdown_trigger:
+                self._stats["stall_l0_slowdown"] += 1
+                self._mutex.release()
+                try:
+                    time.sleep(0.001)
+                finally:
+                    self._mutex.acquire()
+                delayed = True
+            elif sv.mem.approx_bytes < opts.memtable_bytes:
+                return
+            elif len(sv.imms) >= opts.max_immutable_memtables:
+                self._stats["stall_memtable"] += 1
+                log.info("%s: write stall: %d memtables waiting to be flushed", self.path,
+                         len(sv.imms))
+                self._bg_cv.wait()
+            elif l0 >= opts.l0_stop_trigger:
+                self._stats["stall_l0_stop"] += 1
+                log.info("%s: write stall: %d L0 files (stop trigger %d)", self.path, l0,
+                         opts.l0_stop_trigger)
+                self._bg_cv.wait()
+            else:
+                self._switch_memtable()
+                return
+
+    def _switch_memtable(self) -> None:
+        """Freeze the memtable and start a new WAL segment. Holds _mutex."""
+        number = self._take_file_number()
+        try:
+            wal = LogFile(self._fs, self.path, FileKind.WAL, number)
+        except OSError as exc:
+            self._bg_error = StorageError(f"creating WAL segment {number} failed: {exc}")
+            raise self._bg_error from exc
+        old = self._wal
+        self._wal = wal
+        try:
+            old.close()
+        except OSError as exc:
+            log.warning("%s: closing %s: %s", self.path, old.path, exc)
+        sv = self._sv
+        self._sv = _SuperVersion(MemTable(number), (sv.mem, *sv.imms), sv.version, self._tables)
+        self._bg_cv.notify_all()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"engine at {self.path} is closed")
+
+    def _check_writable(self) -> None:
+        if self._closed or self._rejecting_writes:
+            raise ClosedError(f"engine at {self.path} is closed")
+        if self._bg_error is not None:
+            raise self._bg_error
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: Buffer) -> bytes | None:
+        """The current value of ``key``, or None."""
+        if type(key) is not bytes or len(key) > self.options.max_key_bytes:
+            key = check_key(key, self.options)
+        if self._closed:
+            raise ClosedError(f"engine at {self.path} is closed")
+        seq = self._visible_seq
+        return self._lookup(self._sv, key, seq)
+
+    def _get_at(self, key: bytes, seq: int) -> bytes | None:
+        self._check_open()
+        return self._lookup(self._sv, key, seq)
+
+    @staticmethod
+    def _lookup(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
+        found = sv.mem.get(key, seq)
+        if found is not None:
+            return found[1]
+        for imm in sv.imms:
+            found = imm.get(key, seq)
+            if found is not None:
+                return found[1]
+        if not sv.has_tables:
+            return None
+        h, delta = key_hash(key)
+        for t in sv.l0:
+            p = t.props
+            if p.smallest <= key <= p.largest and t.may_contain(h, delta):
+                hit = t.get(key, seq)
+                if hit is not None:
+                    return hit[1]
+        for largest, tables in sv.levels:
+            i = bisect_left(largest, key)
+            if i < len(tables):
+                t = tables[i]
+                if t.props.smallest <= key and t.may_contain(h, delta):
+                    hit = t.get(key, seq)
+                    if hit is not None:
+                        return hit[1]
+        return None
+
+    def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with ``start <= key < end`` in key order (descending if reverse).
+
+        The iterator reads a consistent view as of the call, whatever is
+        written meanwhile.
+        """
+        self._check_open()
+        return self._scan_at(start, end, reverse, self._visible_seq)
+
+    def _scan_at(self, start: Buffer | None, end: Buffer | None, reverse: bool, seq: int
+                 ) -> Iterator[tuple[bytes, bytes]]:
+        lo = None if start is None else check_key(start, self.options)
+        hi = None if end is None else check_key(end, self.options)
+        sv = self._sv
+        if lo is not None and hi is not None and lo >= hi:
+            return iter(())
+        return self._guarded(scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse))
+
+    def _guarded(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+        for i, item in enumerate(items):
+            if not i & 63 and self._closed:
+                raise ClosedError(f"engine at {self.path} closed during a scan")
+            yield item
+
+    @staticmethod
+    def _cursors(sv: _SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
+                 ) -> list[Cursor]:
+        cursors: list[Cursor] = [MemCursor(sv.mem, lo, hi, reverse)]
+        cursors += [MemCursor(imm, lo, hi, reverse) for imm in sv.imms]
+        for t in sv.l0:
+            p = t.props
+            if (lo is None or p.largest >= lo) and (hi is None or p.smallest < hi):
+                cursors.append(t.cursor(lo, hi, reverse))
+        cursors += [LevelCursor(tables, lo, hi, reverse) for _, tables in sv.levels]
+        return cursors
+
+    def snapshot(self) -> Snapshot:
+        """Pin the current state for consistent reads until released."""
+        with self._mutex:
+            self._check_open()
+            seq = self._visible_seq
+            self._snapshots[seq] += 1
+        return Snapshot(self, seq)
+
+    def _release_snapshot(self, seq: int) -> None:
+        with self._mutex:
+            self._snapshots[seq] -= 1
+            if self._snapshots[seq] <= 0:
+                del self._snapshots[seq]
+
+    @property
+    def last_sequence(self) -> int:
+        """Sequence number of the newest visible write (the last applied index)."""
+        return self._visible_seq
+
+    # ------------------------------------------------------------------ transactions
+
+    def begin(self, *, read_only: bool = False) -> Transaction:
+        """Start a transaction reading the current state (see :class:`engine.txn.Transaction`).
+
+        ``read_only=True`` forbids writes and lets the certifier use the
+        read-only refinement, which aborts fewer transactions.
+        """
+        with self._mutex:
+            self._check_writable() if not read_only else self._check_open()
+            seq = self._visible_seq
+            now = time.monotonic()
+            self._certifier.expire(now)
+            if not self._certifier.tracking:
+                # Writes queued while nothing was tracked were not recorded;
+                # those this snapshot cannot see must be, before it reads.
+                for w in self._writers:
+                    if w.seq > seq and w.txn is None and w.blind is None and w.ops:
+                        w.blind = self._certifier.record_blind_write(w.ops, w.seq, now)
+            state = self._certifier.begin(seq, now, read_only=read_only)
+            self._snapshots[seq] += 1
+        return Transaction(self, state)
+
+    def transaction(self, *, read_only: bool = False) -> Transaction:
+        """A transaction as a context manager: commits on clean exit, rolls back otherwise."""
+        return self.begin(read_only=read_only)
+
+    def run_transaction(self, fn: Callable[[Transaction], T], *, max_retries: int = 10,
+                        backoff_base: float = 0.001, backoff_max: float = 0.1,
+                        read_only: bool = False) -> T:
+        """Run ``fn(tx)`` and commit, retrying SerializationFailure with jittered backoff.
+
+        Re-raises the last SerializationFailure after ``max_retries`` retries;
+        any other exception rolls back and propagates at once.
+        """
+        attempt = 0
+        while True:
+            tx = self.begin(read_only=read_only)
+            try:
+                result = fn(tx)
+                tx.commit()
+                return result
+            except SerializationFailure:
+                tx.rollback()
+                if attempt >= max_retries:
+                    raise
+                delay = min(backoff_max, backoff_base * (2 ** attempt))
+                time.sleep(random.uniform(0, delay))
+                attempt += 1
+            except BaseException:
+                tx.rollback()
+                raise
+
+    # Called by engine.txn.Transaction. ----------------------------------------
+
+    def _txn_read(self, state: TxnState, key: bytes) -> None:
+        with self._mutex:
+            self._certifier.on_read(state, key, time.monotonic())
+
+    def _txn_scan(self, state: TxnState, lo: bytes | None, hi: bytes | None) -> None:
+        with self._mutex:
+            self._certifier.on_scan(state, lo, hi, time.monotonic())
+
+    def _txn_commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
+                    ) -> int | None:
+        try:
+            if ops:
+                return self._write(ops, nbytes, txn=state)
+            with self._mutex:
+                self._certifier.certify(state, (), None, time.monotonic())
+                self._certifier.committed(state)
+            return None
+        finally:
+            self._release_snapshot(state.snapshot)
+
+    def _txn_rollback(self, state: TxnState) -> None:
+        with self._mutex:
+            self._certifier.abort(state)
+            self._snapshots[state.snapshot] -= 1
+            if self._snapshots[state.snapshot] <= 0:
+                del self._snapshots[state.snapshot]
+
+    # ------------------------------------------------------------------ background work
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._mutex:
+                while not self._closing and not self._sv.imms and self._bg_error is None:
+                    self._bg_cv.wait()
+                if self._closing or self._bg_error is not None:
+                    return
+            try:
+                self._flush_oldest()
+            except BaseException as exc:
+                self._background_failed("flush", exc)
+                return
+
+    def _flush_oldest(self) -> None:
+        with self._mutex:
+            imm = self._sv.imms[-1]
+            number = self._take_file_number()
+            snapshots = sorted(self._snapshots)
+        props = self._build_table(imm.entries(), number, snapshots) if len(imm) else None
+        table: Table | None = None
+        if props is not None:
+            self._fs.sync_dir(self.path)
+            table = Table(self._fs, self._table_path(number), number, self._cache)
+        with self._manifest_lock:
+            with self._mutex:
+                imms = self._sv.imms
+                log_number = imms[-2].wal_number if len(imms) > 1 else self._sv.mem.wal_number
+                self._manifest_last_seq = max(self._manifest_last_seq, imm.last_seq)
+                edit = VersionEdit(log_number=log_number, next_file=self._next_file,
+                                   last_sequence=self._manifest_last_seq,
+                                   added=((0, _meta(props)),) if props is not None else ())
+            self._log_edit(edit)
+            with self._mutex:
+                if props is not None and table is not None:
+                    self._tables[number] = table
+                    self._stats["flushes"] += 1
+                    self._stats["bytes_flushed"] += props.file_size
+                sv = self._sv
+                self._sv = _SuperVersion(sv.mem, sv.imms[:-1], sv.version.apply(edit),
+                                         self._tables)
+                self._bg_cv.notify_all()
+        for name in self._fs.listdir(self.path):
+            parsed = parse_file_name(name)
+            if parsed is not None and parsed[0] is FileKind.WAL and parsed[1] < log_number:
+                self._fs.remove(self._fs.join(self.path, name))
+
+    def _log_edit(self, edit: VersionEdit) -> None:
+        """Durably log ``edit``, rotating the manifest when it grows. Holds _manifest_lock."""
+        self._manifest.log_edit(edit)
+        if edit.log_number is not None:
+            self._log_number = edit.log_number
+        if self._manifest.size > _MAX_MANIFEST_BYTES:
+            with self._mutex:
+                version = self._sv.version.apply(edit)
+                old = self._manifest.number
+                number = self._take_file_number()
+                snap = version.snapshot_edit(self._log_number, self._next_file,
+                                             self._manifest_last_seq)
+            self._manifest.install(number, snap)
+            self._fs.remove(self._fs.join(self.path, file_name(FileKind.MANIFEST, old)))
+
+    def _table_path(self, number: int) -> str:
+        return self._fs.join(self.path, file_name(FileKind.TABLE, number))
+
+    def _new_builder(self, number: int) -> TableBuilder:
+        return TableBuilder(self._fs.create(self._table_path(number)), number, self.options)
+
+    def _build_table(self, entries: Iterator[Entry], number: int,
+                     snapshots: list[int] | tuple[()]) -> TableProperties | None:
+        """Write a flushed memtable as table ``number`` (None if nothing survived)."""
+        builder: TableBuilder | None = None
+        pending: list[Entry] = []
+        prev: bytes | None = None
+        for entry in entries:
+            if entry[0] != prev and pending:
+                builder = self._add_kept(builder, pending, snapshots, number)
+                pending = []
+            prev = entry[0]
+            pending.append(entry)
+        if pending:
+            builder = self._add_kept(builder, pending, snapshots, number)
+        return builder.finish() if builder is not None else None
+
+    def _add_kept(self, builder: TableBuilder | None, versions: list[Entry],
+                  snapshots: list[int] | tuple[()], number: int) -> TableBuilder:
+        for key, negseq, value in compaction.keep_versions(versions, snapshots, False):
+            if builder is None:
+                builder = self._new_builder(number)
+            builder.add(key, negseq, value)
+        assert builder is not None  # keep_versions keeps at least the newest version
+        return builder
+
+    def _compaction_loop(self) -> None:
+        while True:
+            with self._mutex:
+                while (not self._closing and self._bg_error is None
+                       and compaction.pick(self._sv.version, self.options, self._pointers) is None):
+                    self._bg_cv.wait()
+                if self._closing or self._bg_error is not None:
+                    return
+            try:
+                with self._compaction_lock:
+                    with self._mutex:
+                        task = compaction.pick(self._sv.version, self.options, self._pointers)
+                    if task is not None:
+                        self._run_compaction(task)
+            except BaseException as exc:
+                self._background_failed("compaction", exc)
+                return
+
+    def _run_compaction(self, task: compaction.CompactionTask) -> None:
+        """Execute ``task`` and install its result. Holds _compaction_lock."""
+        log.debug("%s: compacting %d+%d files L%d->L%d (%s)", self.path, len(task.inputs),
+                  len(task.overlaps), task.level, task.output_level, task.reason)
+        deleted = tuple((task.level, f.number) for f in task.inputs) + tuple(
+            (task.output_level, f.number) for f in task.overlaps)
+        if task.trivial_move:
+            edit = VersionEdit(deleted=deleted, added=((task.output_level, task.inputs[0]),))
+            with self._manifest_lock:
+                self._log_edit(edit)
+                self._install(edit)
+            self._stats["trivial_moves"] += 1
+            return
+        with self._mutex:
+            snapshots = sorted(self._snapshots)
+            tables = dict(self._tables)
+
+        def new_builder() -> TableBuilder:
+            with self._mutex:
+                number = self._take_file_number()
+            return self._new_builder(number)
+
+        outputs = compaction.run(task, tables, snapshots, new_builder,
+                                 self.options.target_file_bytes)
+        if outputs:
+            self._fs.sync_dir(self.path)
+        new_tables = {p.number: Table(self._fs, self._table_path(p.number), p.number, self._cache)
+                      for p in outputs}
+        with self._manifest_lock:
+            with self._mutex:
+                edit = VersionEdit(next_file=self._next_file, deleted=deleted,
+                                   added=tuple((task.output_level, _meta(p)) for p in outputs))
+            self._log_edit(edit)
+            self._install(edit, new_tables)
+        if task.level > 0:
+            self._pointers[task.level] = max(f.largest for f in task.inputs)
+        self._stats["compactions"] += 1
+        self._stats["bytes_compacted_in"] += task.input_bytes
+        self._stats["bytes_compacted_out"] += sum(p.file_size for p in outputs)
+        for _, number in deleted:
+            self._fs.remove(self._table_path(number))
+            self._cache.erase_file(number)
+
+    def _install(self, edit: VersionEdit, new_tables: dict[int, Table] | None = None) -> None:
+        """Swap in the version after ``edit``. Holds _manifest_lock."""
+        with self._mutex:
+            if new_tables:
+                self._tables.update(new_tables)
+            for _, number in edit.deleted:
+                if not any(number == f.number for _, f in edit.added):
+                    self._tables.pop(number, None)
+            sv = self._sv
+            self._sv = _SuperVersion(sv.mem, sv.imms, sv.version.apply(edit), self._tables)
+            self._bg_cv.notify_all()
+
+    def _background_failed(self, what: str, exc: BaseException) -> None:
+        log.error("%s: background %s failed: %r; writes are stopped", self.path, what, exc)
+        with self._mutex:
+            if self._bg_error is None:
+                if isinstance(exc, EngineError):
+                    self._bg_error = exc
+                else:
+                    self._bg_error = StorageError(f"background {what} failed: {exc!r}")
+            self._bg_cv.notify_all()
+
+    # ------------------------------------------------------------------ maintenance
+
+    def flush(self) -> None:
+        """Write the memtable to a table and wait until every memtable is flushed."""
+        with self._mutex:
+            self._check_writable()
+            # Wait for the queue to drain: no leader may be writing the memtable we freeze.
+            while self._writers:
+                self._idle_cv.wait()
+            if len(self._sv.mem) or self._sv.mem.last_seq:
+                self._switch_memtable()
+            while self._sv.imms and self._bg_error is None:
+                self._bg_cv.wait()
+            if self._bg_error is not None:
+                raise self._bg_error
+
+    def compact(self) -> None:
+        """Flush, then compact every level down until each key lives in one table level."""
+        self.flush()
+        with self._compaction_lock:
+            for level in range(self.options.num_levels - 1):
+                with self._mutex:
+                    version = self._sv.version
+                    deeper = any(version.levels[level + 1:])
+                task = compaction.pick_level(version, level) if deeper or level == 0 else None
+                if task is not None:
+                    self._run_compaction(task)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and sizes: levels, memtables, stalls, cache, transactions."""
+        with self._mutex:
+            sv = self._sv
+            levels = [{"files": len(files), "bytes": sum(f.size for f in files)}
+                      for files in sv.version.levels]
+            out: dict[str, Any] = dict(self._stats)
+            out.update(
+                last_sequence=self._visible_seq,
+                memtable_bytes=sv.mem.approx_bytes,
+                immutable_memtables=len(sv.imms),
+                levels=levels,
+                table_bytes=sum(lv["bytes"] for lv in levels),
+                snapshots=sum(self._snapshots.values()),
+                block_cache_bytes=self._cache.used_bytes,
+                block_cache_hits=self._cache.hits,
+                block_cache_misses=self._cache.misses,
+                table_index_filter_bytes=sum(t.memory_bytes for t in self._tables.values()),
+                txn_commits=self._certifier.commits,
+                txn_aborts=dict(self._certifier.aborts),
+                certifier=self._certifier.tracked(),
+                background_error=str(self._bg_error) if self._bg_error else None,
+            )
+        return out
+
+    def verify(self) -> VerifyReport:
+        """Read and check every table block, the WAL and the manifest; return a report."""
+        self._check_open()
+        with self._mutex:
+            sv = self._sv
+            tables = [self._tables[f.number] for _, f in sv.version.files()]
+        return verify_store(self._fs, self.path, tables, self.options.num_levels)
+
+    def close(self) -> None:
+        """Finish queued writes, stop background work, sync the WAL, release the directory."""
+        with self._mutex:
+            if self._closed or self._rejecting_writes:
+                return
+            self._rejecting_writes = True
+            while self._writers:  # background threads keep running: a stalled leader needs them
+                self._idle_cv.wait()
+            self._closing = True
+            self._bg_cv.notify_all()
+        self._flush_thread.join()
+        with self._compaction_lock:
+            pass
+        self._compact_thread.join()
+        try:
+            self._wal.sync()
+            self._wal.close()
+        except OSError as exc:
+            log.error("%s: syncing the WAL on close failed: %s", self.path, exc)
+        self._manifest.close()
+        with self._mutex:
+            self._closed = True
+        for t in self._tables.values():
+            t.close()
+        self._lock.release()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.path!r} seq={self._visible_seq}>"

@@ -1,0 +1,513 @@
+"""The only way the engine touches files: a small FileSystem interface.
+
+Two implementations:
+
+* :class:`OSFileSystem` -- the real one (``os.pread``, ``fdatasync``,
+  ``fsync`` of directories, ``flock``).
+* :class:`MemFS` -- in memory, and *crashable*: :meth:`MemFS.crash_clone`
+  returns the file system as a power failure would leave it, keeping only
+  bytes that were synced and directory entries whose directory was synced
+  (LevelDB's fault-injection Env, Pebble's CrashableMem). It can also inject
+  I/O errors to test disk-full handling.
+
+Contract shared by both (the engine relies on every line):
+
+1. ``WritableFile.append`` buffers; ``flush`` hands the bytes to the OS (they
+   survive the death of the process); ``sync`` makes them durable (they
+   survive power loss).
+2. A new, renamed or removed directory entry is durable only after
+   ``sync_dir`` of its directory.
+3. A ``RandomAccessFile`` stays readable after its path is removed, until it
+   is closed (POSIX unlink semantics); the engine relies on this to let old
+   readers finish while compaction deletes files.
+
+Thread-safety: distinct file objects may be used from different threads; one
+``WritableFile`` must not be used by two threads at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import posixpath
+import random
+import threading
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Protocol
+
+from engine.errors import EngineError
+
+__all__ = [
+    "FileLock",
+    "FileSystem",
+    "LockedError",
+    "MemFS",
+    "OSFileSystem",
+    "RandomAccessFile",
+    "WritableFile",
+]
+
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
+_WRITE_BUFFER_BYTES = 256 * 1024
+
+
+class LockedError(EngineError):
+    """The directory is already opened by another engine (in this or another process)."""
+
+
+class WritableFile(Protocol):
+    """An append-only file being written."""
+
+    path: str
+
+    def append(self, data: bytes | bytearray | memoryview) -> None: ...
+    def flush(self) -> None: ...
+    def sync(self) -> None: ...
+    def close(self) -> None: ...
+    def size(self) -> int: ...
+
+
+class RandomAccessFile(Protocol):
+    """An immutable file read at arbitrary offsets."""
+
+    path: str
+
+    def read(self, offset: int, n: int) -> bytes: ...
+    def size(self) -> int: ...
+    def close(self) -> None: ...
+
+
+class FileLock(Protocol):
+    def release(self) -> None: ...
+
+
+class FileSystem(ABC):
+    """Directory and file operations the engine needs, nothing more."""
+
+    @abstractmethod
+    def create(self, path: str) -> WritableFile:
+        """Create (or truncate) ``path`` for appending."""
+
+    @abstractmethod
+    def open_read(self, path: str) -> RandomAccessFile: ...
+
+    @abstractmethod
+    def read_file(self, path: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def listdir(self, path: str) -> list[str]: ...
+
+    @abstractmethod
+    def mkdirs(self, path: str) -> None: ...
+
+    @abstractmethod
+    def remove(self, path: str) -> None: ...
+
+    @abstractmethod
+    def rename(self, src: str, dst: str) -> None:
+        """Atomically replace ``dst`` with ``src``."""
+
+    @abstractmethod
+    def sync_dir(self, path: str) -> None: ...
+
+    @abstractmethod
+    def truncate(self, path: str, size: int) -> None:
+        """Cut ``path`` to ``size`` bytes and make that durable."""
+
+    @abstractmethod
+    def file_size(self, path: str) -> int: ...
+
+    @abstractmethod
+    def lock(self, path: str) -> FileLock:
+        """Take an exclusive lock on ``path`` (created if missing) or raise LockedError."""
+
+    def join(self, *parts: str) -> str:
+        return os.path.join(*parts)
+
+
+# --------------------------------------------------------------------------
+# The real file system.
+
+
+class _OSWritableFile:
+    __slots__ = ("_buf", "_fd", "_size", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._buf = bytearray()
+        self._size = 0
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        self._buf += data
+        self._size += len(data)
+        if len(self._buf) >= _WRITE_BUFFER_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buf:
+            return
+        view = memoryview(self._buf)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+        finally:
+            view.release()
+            del self._buf[:written]
+
+    def sync(self) -> None:
+        self.flush()
+        _datasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        try:
+            self.flush()
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def size(self) -> int:
+        return self._size
+
+
+class _OSRandomAccessFile:
+    __slots__ = ("__weakref__", "_fd", "_finalizer", "_size", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDONLY)
+        self._size = os.fstat(self._fd).st_size
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+
+    def read(self, offset: int, n: int) -> bytes:
+        return os.pread(self._fd, n, offset)
+
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class _OSFileLock:
+    def __init__(self, path: str) -> None:
+        import fcntl
+
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._fd)
+            raise LockedError(f"{path} is locked: the store is open elsewhere") from exc
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = -1
+
+
+class OSFileSystem(FileSystem):
+    """Files on the local disk."""
+
+    def create(self, path: str) -> WritableFile:
+        return _OSWritableFile(path)
+
+    def open_read(self, path: str) -> RandomAccessFile:
+        return _OSRandomAccessFile(path)
+
+    def read_file(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def mkdirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def remove(self, path: str) -> None:
+        os.remove(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def sync_dir(self, path: str) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def file_size(self, path: str) -> int:
+        return os.path.getsize(path)
+
+    def lock(self, path: str) -> FileLock:
+        return _OSFileLock(path)
+
+
+# --------------------------------------------------------------------------
+# The in-memory, crashable file system.
+
+
+class _Inode:
+    __slots__ = ("data", "synced")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = bytearray(data)
+        self.synced = bytes(data)
+
+
+class _MemWritableFile:
+    __slots__ = ("_closed", "_fs", "_inode", "_pending", "path")
+
+    def __init__(self, fs: MemFS, path: str, inode: _Inode) -> None:
+        self._fs = fs
+        self.path = path
+        self._inode = inode
+        self._pending = bytearray()
+        self._closed = False
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        self._pending += data
+
+    def flush(self) -> None:
+        if self._pending:
+            self._fs._fault("write", self.path)
+            self._inode.data += self._pending
+            self._pending.clear()
+
+    def sync(self) -> None:
+        self.flush()
+        self._fs._fault("sync", self.path)
+        self._inode.synced = bytes(self._inode.data)
+
+    def close(self) -> None:
+        if not self._closed:
+            self.flush()
+            self._closed = True
+
+    def size(self) -> int:
+        return len(self._inode.data) + len(self._pending)
+
+
+class _MemRandomAccessFile:
+    __slots__ = ("_fs", "_inode", "path")
+
+    def __init__(self, fs: MemFS, path: str, inode: _Inode) -> None:
+        self._fs = fs
+        self.path = path
+        self._inode = inode
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._fs._fault("read", self.path)
+        return bytes(self._inode.data[offset : offset + n])
+
+    def size(self) -> int:
+        return len(self._inode.data)
+
+    def close(self) -> None:
+        pass
+
+
+class _MemFileLock:
+    def __init__(self, fs: MemFS, path: str) -> None:
+        self._fs = fs
+        self._path = path
+
+    def release(self) -> None:
+        with self._fs._mutex:
+            self._fs._locks.discard(self._path)
+
+
+FaultHook = Callable[[str, str], None]
+
+
+class MemFS(FileSystem):
+    """An in-memory file system that can be crashed and can fail on demand.
+
+    ``set_fault(hook)`` installs ``hook(op, path)``, called before every
+    ``write``/``sync``/``read``/``create``/``rename``/``remove``/``sync_dir``;
+    it may raise ``OSError`` to simulate a failing disk.
+    """
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._files: dict[str, _Inode] = {}
+        self._durable: dict[str, _Inode] = {}
+        self._dirs: set[str] = {"/"}
+        self._locks: set[str] = set()
+        self._fault_hook: FaultHook | None = None
+
+    @staticmethod
+    def _norm(path: str) -> str:
+        return posixpath.normpath("/" + path)
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(*parts)
+
+    def set_fault(self, hook: FaultHook | None) -> None:
+        self._fault_hook = hook
+
+    def _fault(self, op: str, path: str) -> None:
+        hook = self._fault_hook
+        if hook is not None:
+            hook(op, path)
+
+    def _need_dir(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent not in self._dirs:
+            raise FileNotFoundError(errno.ENOENT, "no such directory", parent)
+
+    def _inode(self, path: str) -> _Inode:
+        try:
+            return self._files[path]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such file", path) from None
+
+    def create(self, path: str) -> WritableFile:
+        path = self._norm(path)
+        self._fault("create", path)
+        with self._mutex:
+            self._need_dir(path)
+            inode = _Inode()
+            self._files[path] = inode
+        return _MemWritableFile(self, path, inode)
+
+    def open_read(self, path: str) -> RandomAccessFile:
+        path = self._norm(path)
+        with self._mutex:
+            return _MemRandomAccessFile(self, path, self._inode(path))
+
+    def read_file(self, path: str) -> bytes:
+        path = self._norm(path)
+        self._fault("read", path)
+        with self._mutex:
+            return bytes(self._inode(path).data)
+
+    def exists(self, path: str) -> bool:
+        path = self._norm(path)
+        with self._mutex:
+            return path in self._files or path in self._dirs
+
+    def listdir(self, path: str) -> list[str]:
+        path = self._norm(path)
+        with self._mutex:
+            if path not in self._dirs:
+                raise FileNotFoundError(errno.ENOENT, "no such directory", path)
+            names = {posixpath.basename(p) for p in self._files if posixpath.dirname(p) == path}
+            names |= {posixpath.basename(d) for d in self._dirs if posixpath.dirname(d) == path}
+            names.discard("")
+            return sorted(names)
+
+    def mkdirs(self, path: str) -> None:
+        path = self._norm(path)
+        with self._mutex:
+            while path not in self._dirs:
+                self._dirs.add(path)
+                path = posixpath.dirname(path)
+
+    def remove(self, path: str) -> None:
+        path = self._norm(path)
+        self._fault("remove", path)
+        with self._mutex:
+            self._inode(path)
+            del self._files[path]
+
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = self._norm(src), self._norm(dst)
+        self._fault("rename", dst)
+        with self._mutex:
+            inode = self._inode(src)
+            self._need_dir(dst)
+            del self._files[src]
+            self._files[dst] = inode
+
+    def sync_dir(self, path: str) -> None:
+        path = self._norm(path)
+        self._fault("sync_dir", path)
+        with self._mutex:
+            for p in [p for p in self._durable if posixpath.dirname(p) == path]:
+                del self._durable[p]
+            for p, inode in self._files.items():
+                if posixpath.dirname(p) == path:
+                    self._durable[p] = inode
+
+    def truncate(self, path: str, size: int) -> None:
+        path = self._norm(path)
+        with self._mutex:
+            inode = self._inode(path)
+            del inode.data[size:]
+            inode.synced = bytes(inode.data)
+
+    def file_size(self, path: str) -> int:
+        path = self._norm(path)
+        with self._mutex:
+            return len(self._inode(path).data)
+
+    def lock(self, path: str) -> FileLock:
+        path = self._norm(path)
+        with self._mutex:
+            if path in self._locks:
+                raise LockedError(f"{path} is locked: the store is open elsewhere")
+            self._locks.add(path)
+            if path not in self._files:
+                self._files[path] = _Inode()
+        return _MemFileLock(self, path)
+
+    # -- crash simulation ----------------------------------------------------
+
+    def crash_clone(self, rng: random.Random | None = None) -> MemFS:
+        """Return what a power failure would leave behind.
+
+        Only durable directory entries survive, each with its synced bytes.
+        With ``rng``, each file also keeps a random prefix of its unsynced
+        tail, and with some probability that kept tail has a damaged byte --
+        the torn writes real disks produce.
+        """
+        clone = MemFS()
+        with self._mutex:
+            clone._dirs = set(self._dirs)
+            for path, inode in self._durable.items():
+                data = bytearray(inode.synced)
+                unsynced = inode.data[len(inode.synced) :]
+                if rng is not None and unsynced and inode.data.startswith(inode.synced):
+                    keep = rng.randrange(len(unsynced) + 1)
+                    tail = bytearray(unsynced[:keep])
+                    if tail and rng.random() < 0.25:
+                        tail[rng.randrange(len(tail))] ^= 1 + rng.randrange(255)
+                    data += tail
+                new = _Inode(bytes(data))
+                clone._files[path] = new
+                clone._durable[path] = new
+        return clone
+
+    def process_crash_clone(self) -> MemFS:
+        """Return what a killed process leaves: everything flushed to the 'OS' survives."""
+        clone = MemFS()
+        with self._mutex:
+            clone._dirs = set(self._dirs)
+            for path, inode in self._files.items():
+                new = _Inode(bytes(inode.data))
+                clone._files[path] = new
+                clone._durable[path] = new
+            clone._locks = set()
+        return clone

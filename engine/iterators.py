@@ -1,0 +1,163 @@
+"""Ordered reads across memtables and tables: cursors, chunked merge, visibility.
+
+Every source of entries is a *cursor* whose ``next_chunk()`` returns the
+next run of entries of a key range, sorted in internal-key order
+``(key, -sequence)``, each chunk *key-complete* (all versions of a key in one
+chunk). Forward cursors return chunks in ascending key order, reverse
+cursors in descending order (each chunk itself still ascending).
+
+:func:`merged_chunks` merges cursors without a Python-level heap: it takes,
+from every buffered chunk, the entries up to the smallest "frontier" key (the
+largest key every source has fully delivered), sorts them with one C-level
+``list.sort`` (Timsort merges the sorted runs), and yields that. Python
+code then runs once per entry, not once per comparison.
+
+:func:`visible` turns a merged chunk into what a reader at sequence ``seq``
+sees: the newest version <= ``seq`` of each key, tombstones dropped.
+
+Pure module apart from the memtable cursor taking the memtable's lock.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+from engine.memtable import Entry, MemTable
+from engine.sstable import Table, TableCursor
+
+__all__ = ["Cursor", "LevelCursor", "MemCursor", "merged_chunks", "scan_items", "visible"]
+
+_MAX_NEGSEQ = 2**64
+_FIRST_CHUNK = 16
+_MAX_CHUNK = 1024
+
+
+class Cursor(Protocol):
+    def next_chunk(self) -> list[Entry]: ...
+
+
+class MemCursor:
+    """Cursor over a memtable that may still be written: re-seeks for every chunk."""
+
+    __slots__ = ("_done", "_hi", "_limit", "_lo", "_lo_inclusive", "_mem", "_reverse")
+
+    def __init__(self, mem: MemTable, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
+        self._mem = mem
+        self._lo = lo
+        self._hi = hi
+        self._lo_inclusive = True
+        self._reverse = reverse
+        self._limit = _FIRST_CHUNK
+        self._done = False
+
+    def next_chunk(self) -> list[Entry]:
+        if self._done:
+            return []
+        limit = self._limit
+        self._limit = min(limit * 2, _MAX_CHUNK)
+        chunk = self._mem.chunk(self._lo, self._hi, reverse=self._reverse, limit=limit,
+                                inclusive=(self._lo_inclusive, False))
+        if not chunk:
+            self._done = True
+        elif self._reverse:
+            self._hi = chunk[0][0]
+        else:
+            self._lo = chunk[-1][0]
+            self._lo_inclusive = False
+        return chunk
+
+
+class LevelCursor:
+    """Cursor over the sorted, non-overlapping tables of one level >= 1."""
+
+    __slots__ = ("_current", "_hi", "_i", "_lo", "_reverse", "_tables")
+
+    def __init__(self, tables: Sequence[Table], lo: bytes | None, hi: bytes | None,
+                 reverse: bool) -> None:
+        self._lo = lo
+        self._hi = hi
+        self._reverse = reverse
+        # Only tables intersecting [lo, hi).
+        self._tables = [t for t in tables
+                        if (lo is None or t.props.largest >= lo)
+                        and (hi is None or t.props.smallest < hi)]
+        if reverse:
+            self._tables.reverse()
+        self._i = 0
+        self._current: TableCursor | None = None
+
+    def next_chunk(self) -> list[Entry]:
+        while True:
+            if self._current is None:
+                if self._i >= len(self._tables):
+                    return []
+                self._current = self._tables[self._i].cursor(self._lo, self._hi, self._reverse)
+                self._i += 1
+            chunk = self._current.next_chunk()
+            if chunk:
+                return chunk
+            self._current = None
+
+
+def merged_chunks(cursors: Sequence[Cursor], reverse: bool) -> Iterator[list[Entry]]:
+    """Merge cursors into key-complete chunks, each sorted in internal-key order."""
+    live: list[tuple[list[Entry], Cursor]] = []
+    for c in cursors:
+        chunk = c.next_chunk()
+        if chunk:
+            live.append((chunk, c))
+    while live:
+        if len(live) == 1:
+            chunk, c = live[0]
+            yield chunk
+            nxt = c.next_chunk()
+            live = [(nxt, c)] if nxt else []
+            continue
+        taken: list[Entry] = []
+        keep: list[tuple[list[Entry], Cursor]] = []
+        if reverse:
+            bound = max(chunk[0][0] for chunk, _ in live)
+            probe: tuple[bytes, int] = (bound, -_MAX_NEGSEQ)
+            for chunk, c in live:
+                j = bisect_left(chunk, probe)
+                taken += chunk[j:]
+                rest = chunk[:j] if j else c.next_chunk()
+                if rest:
+                    keep.append((rest, c))
+        else:
+            bound = min(chunk[-1][0] for chunk, _ in live)
+            probe = (bound, _MAX_NEGSEQ)
+            for chunk, c in live:
+                j = bisect_right(chunk, probe)
+                taken += chunk[:j]
+                rest = chunk[j:] if j < len(chunk) else c.next_chunk()
+                if rest:
+                    keep.append((rest, c))
+        taken.sort()
+        yield taken
+        live = keep
+
+
+def visible(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
+    """The (key, value) pairs a reader at ``seq`` sees in a merged chunk, ascending."""
+    out: list[tuple[bytes, bytes]] = []
+    prev: bytes | None = None
+    for key, negseq, value in chunk:
+        if key == prev or -negseq > seq:
+            continue
+        prev = key
+        if value is not None:
+            out.append((key, value))
+    return out
+
+
+def scan_items(cursors: Sequence[Cursor], seq: int, reverse: bool
+               ) -> Iterator[tuple[bytes, bytes]]:
+    """Visible (key, value) pairs from ``cursors`` at ``seq``, in scan order."""
+    for chunk in merged_chunks(cursors, reverse):
+        items = visible(chunk, seq)
+        if reverse:
+            items.reverse()
+        yield from items

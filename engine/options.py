@@ -1,0 +1,117 @@
+"""Engine options: one frozen dataclass, validated before anything is opened.
+
+Sizes are in bytes and times in seconds; the unit is the last word of the
+name. ``validate()`` raises :class:`~engine.errors.InvalidArgument` naming the
+offending field, so a bad option never gets as far as the disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from engine.errors import InvalidArgument
+
+__all__ = ["KiB", "MiB", "Options"]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Tunables of one engine instance.
+
+    ``sync`` decides what an acknowledged write survives:
+
+    * ``"always"`` (default): ``put``/``commit`` return only after the WAL
+      record is on stable storage (``fdatasync``); survives ``kill -9`` and
+      power loss.
+    * ``"none"``: the record is handed to the operating system before the
+      call returns but not synced; survives ``kill -9`` of the process, may
+      lose the most recent writes on power loss or a kernel crash. Meant for
+      bulk loads and for replicas whose durability comes from a consensus log.
+    """
+
+    sync: Literal["always", "none"] = "always"
+    # Memtable size at which it is frozen and flushed, measured as an estimate
+    # of the Python heap it occupies (keys, values, index), not just payload.
+    memtable_bytes: int = 16 * MiB
+    # How many frozen memtables may wait for flushing before writes stall.
+    max_immutable_memtables: int = 2
+    max_key_bytes: int = 64 * KiB
+    max_value_bytes: int = 16 * MiB
+    # Sum of key and value lengths in one batch or transaction.
+    max_batch_bytes: int = 64 * MiB
+
+    # SSTables.
+    block_bytes: int = 8 * KiB
+    compression: Literal["lz4", "none"] = "lz4"
+    bloom_bits_per_key: int = 10
+    block_cache_bytes: int = 32 * MiB
+    target_file_bytes: int = 4 * MiB
+
+    # Leveled compaction.
+    l0_compaction_trigger: int = 4
+    l0_slowdown_trigger: int = 8
+    l0_stop_trigger: int = 12
+    level_base_bytes: int = 16 * MiB
+    level_multiplier: int = 10
+    num_levels: int = 7
+
+    # Transactions.
+    isolation: Literal["ssi", "occ"] = "ssi"
+    max_txn_age: float = 60.0
+
+    # Extra consistency checks on hot paths (ordering of flushed keys, table
+    # key ranges); off by default because they cost time on every write.
+    paranoid_checks: bool = False
+
+    def validate(self) -> Options:
+        """Return ``self`` if every field is acceptable, else raise ``InvalidArgument``."""
+        if self.sync not in ("always", "none"):
+            raise InvalidArgument(f"sync must be 'always' or 'none', got {self.sync!r}")
+        if self.compression not in ("lz4", "none"):
+            raise InvalidArgument(
+                f"compression must be 'lz4' or 'none', got {self.compression!r}"
+            )
+        if self.isolation not in ("ssi", "occ"):
+            raise InvalidArgument(f"isolation must be 'ssi' or 'occ', got {self.isolation!r}")
+        minimums = {
+            "memtable_bytes": 4 * KiB,
+            "max_immutable_memtables": 1,
+            "max_key_bytes": 1,
+            "max_value_bytes": 0,
+            "max_batch_bytes": 1,
+            "block_bytes": 64,
+            "bloom_bits_per_key": 0,
+            "block_cache_bytes": 0,
+            "target_file_bytes": 1 * KiB,
+            "l0_compaction_trigger": 1,
+            "level_base_bytes": 1 * KiB,
+            "level_multiplier": 2,
+            "num_levels": 2,
+        }
+        for name, low in minimums.items():
+            value = getattr(self, name)
+            if type(value) is not int:
+                raise InvalidArgument(f"{name} must be an int, got {type(value).__name__}")
+            if value < low:
+                raise InvalidArgument(f"{name} must be >= {low}, got {value}")
+        if self.max_key_bytes > 0xFFFF_FFFF or self.max_value_bytes > 0xFFFF_FFFF:
+            raise InvalidArgument("max_key_bytes and max_value_bytes must fit in 32 bits")
+        if not self.l0_compaction_trigger <= self.l0_slowdown_trigger <= self.l0_stop_trigger:
+            raise InvalidArgument(
+                "need l0_compaction_trigger <= l0_slowdown_trigger <= l0_stop_trigger, got "
+                f"{self.l0_compaction_trigger}, {self.l0_slowdown_trigger}, "
+                f"{self.l0_stop_trigger}"
+            )
+        if not isinstance(self.max_txn_age, (int, float)) or not self.max_txn_age > 0:
+            raise InvalidArgument(
+                f"max_txn_age must be a positive number, got {self.max_txn_age!r}")
+        return self
+
+    def replace(self, **changes: object) -> Options:
+        """Return a validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes).validate()  # type: ignore[arg-type]

@@ -1,0 +1,396 @@
+"""SSTables: immutable sorted files of versioned entries.
+
+File layout (FORMAT.md has the byte-level description)::
+
+    table   := data_block* filter_block properties_block index_block footer
+    block   := body type:u8 crc:u32          # crc = mask(crc32c(body || type))
+    type    := 0 raw | 1 lz4 (lz4.block with its 4-byte size prefix)
+    footer  := index:handle filter:handle properties:handle
+               format_version:u32 footer_crc:u32 magic[8]="STRATAKV"   # 52 bytes
+    handle  := offset:u64 size:u32           # size of ``body`` only
+
+Invariants the reader relies on:
+
+1. Entries are in internal-key order: key ascending, sequence descending.
+2. A user key never spans two data blocks (blocks are cut only between
+   keys), so a point read touches exactly one block and a scan can treat each
+   block as key-complete.
+3. The index holds the last user key of each data block.
+
+Every byte read is checked: blocks by their CRC, the footer by its own CRC
+and magic, and structural errors become :class:`CorruptionError` naming the
+file and the offset of the block.
+
+Thread-safety: a :class:`Table` is immutable after opening and may be read
+by many threads; :class:`TableBuilder` is single-threaded.
+"""
+
+from __future__ import annotations
+
+import struct
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import lz4.block
+
+from engine.block import Block, BlockBuilder, BlockFormatError
+from engine.bloom import BloomFilter, build_filter, key_hash
+from engine.cache import LRUCache
+from engine.encoding import FORMAT_VERSION, crc, mask_crc
+from engine.errors import CorruptionError
+from engine.fs import FileSystem, WritableFile
+from engine.options import Options
+
+__all__ = ["FOOTER_SIZE", "MAGIC", "Table", "TableBuilder", "TableCursor", "TableProperties"]
+
+MAGIC = b"STRATAKV"
+FOOTER_SIZE = 52
+_FOOTER = struct.Struct("<QIQIQIII8s")
+_FOOTER_HEAD = struct.Struct("<QIQIQII")  # the 40 bytes the footer CRC covers
+_HANDLE = struct.Struct("<QI")
+_BLOCK_TRAILER = 5
+RAW, LZ4 = 0, 1
+
+Entry = tuple[bytes, int, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class TableProperties:
+    """What a table holds, recorded in its properties block and in the manifest."""
+
+    number: int
+    file_size: int
+    smallest: bytes
+    largest: bytes
+    min_seq: int
+    max_seq: int
+    entries: int
+    deletions: int
+    data_blocks: int
+    raw_key_bytes: int
+    raw_value_bytes: int
+    compression: str
+    format_version: int = FORMAT_VERSION
+
+
+def _encode_block(body: bytes, compress: bool) -> bytes:
+    btype = RAW
+    if compress and body:
+        packed = lz4.block.compress(body)
+        if len(packed) < len(body) - len(body) // 8:  # keep only if it saves >= 12.5%
+            body, btype = packed, LZ4
+    trailer = bytes((btype,))
+    return body + trailer + struct.pack("<I", mask_crc(crc(trailer, crc(body))))
+
+
+class TableBuilder:
+    """Writes entries, given in internal-key order, into a new table file."""
+
+    def __init__(self, file: WritableFile, number: int, options: Options) -> None:
+        self._file = file
+        self._number = number
+        self._options = options
+        self._compress = options.compression == "lz4"
+        self._offset = 0
+        self._block = BlockBuilder()
+        self._index = BlockBuilder()
+        self._hashes: list[tuple[int, int]] = []
+        self._last_key: bytes | None = None
+        self._smallest: bytes | None = None
+        self._min_seq = 2**64
+        self._max_seq = 0
+        self._entries = 0
+        self._deletions = 0
+        self._data_blocks = 0
+        self._raw_key_bytes = 0
+        self._raw_value_bytes = 0
+
+    def add(self, key: bytes, negseq: int, value: bytes | None) -> None:
+        """Append one entry; entries must arrive in internal-key order."""
+        last = self._last_key
+        if key != last:
+            if last is not None:
+                if key < last:
+                    raise ValueError(f"table {self._number}: key {key!r} after {last!r}")
+                if self._block.size_estimate >= self._options.block_bytes:
+                    self._finish_block()
+            if self._smallest is None:
+                self._smallest = key
+            self._hashes.append(key_hash(key))
+            self._last_key = key
+        self._block.add(key, negseq, value)
+        seq = -negseq
+        if seq < self._min_seq:
+            self._min_seq = seq
+        if seq > self._max_seq:
+            self._max_seq = seq
+        self._entries += 1
+        self._raw_key_bytes += len(key)
+        if value is None:
+            self._deletions += 1
+        else:
+            self._raw_value_bytes += len(value)
+
+    @property
+    def file_size_estimate(self) -> int:
+        return self._offset + self._block.size_estimate
+
+    @property
+    def last_key(self) -> bytes | None:
+        return self._last_key
+
+    def __len__(self) -> int:
+        return self._entries
+
+    def _write(self, body: bytes, compress: bool) -> tuple[int, int]:
+        encoded = _encode_block(body, compress)
+        offset = self._offset
+        self._file.append(encoded)
+        self._offset += len(encoded)
+        return offset, len(encoded) - _BLOCK_TRAILER
+
+    def _finish_block(self) -> None:
+        if not len(self._block):
+            return
+        assert self._last_key is not None
+        offset, size = self._write(self._block.finish(), self._compress)
+        self._index.add(self._last_key, 0, _HANDLE.pack(offset, size))
+        self._data_blocks += 1
+        self._block = BlockBuilder()
+
+    def finish(self) -> TableProperties:
+        """Write filter, properties, index and footer; sync and close the file."""
+        if self._smallest is None or self._last_key is None:
+            raise ValueError("refusing to write an empty table")
+        self._finish_block()
+        if self._options.bloom_bits_per_key > 0:
+            fbody = build_filter(self._hashes, self._options.bloom_bits_per_key)
+        else:
+            fbody = b""
+        filter_handle = self._write(fbody, False)
+        props = TableProperties(
+            number=self._number,
+            file_size=0,
+            smallest=self._smallest,
+            largest=self._last_key,
+            min_seq=self._min_seq,
+            max_seq=self._max_seq,
+            entries=self._entries,
+            deletions=self._deletions,
+            data_blocks=self._data_blocks,
+            raw_key_bytes=self._raw_key_bytes,
+            raw_value_bytes=self._raw_value_bytes,
+            compression=self._options.compression,
+        )
+        props_handle = self._write(_encode_properties(props), False)
+        index_handle = self._write(self._index.finish(), False)
+        head = _FOOTER_HEAD.pack(*index_handle, *filter_handle, *props_handle, FORMAT_VERSION)
+        footer = head + struct.pack("<I", mask_crc(crc(head))) + MAGIC
+        self._file.append(footer)
+        self._offset += len(footer)
+        self._file.sync()
+        self._file.close()
+        return replace(props, file_size=self._offset)
+
+
+_PROP_INTS = ("min_seq", "max_seq", "entries", "deletions", "data_blocks", "raw_key_bytes",
+              "raw_value_bytes", "format_version")
+
+
+def _encode_properties(p: TableProperties) -> bytes:
+    items: dict[bytes, bytes] = {name.encode(): str(getattr(p, name)).encode()
+                                 for name in _PROP_INTS}
+    items[b"compression"] = p.compression.encode()
+    items[b"smallest"] = p.smallest
+    items[b"largest"] = p.largest
+    b = BlockBuilder()
+    for name in sorted(items):
+        b.add(name, 0, items[name])
+    return b.finish()
+
+
+class Table:
+    """An open table: footer, index and filter in memory, data blocks via the cache."""
+
+    __slots__ = ("_cache", "_file", "_filter", "_handles", "_index_keys", "path", "props")
+
+    def __init__(self, fs: FileSystem, path: str, number: int, cache: LRUCache[Block]) -> None:
+        self.path = path
+        self._file = fs.open_read(path)
+        self._cache = cache
+        size = self._file.size()
+        if size < FOOTER_SIZE:
+            raise CorruptionError(path, 0, f"file of {size} bytes is too short for a table")
+        foot = self._file.read(size - FOOTER_SIZE, FOOTER_SIZE)
+        fields = _FOOTER.unpack(foot)
+        ioff, isize, foff, fsize, poff, psize, version, stored_crc, magic = fields
+        where = size - FOOTER_SIZE
+        if magic != MAGIC:
+            raise CorruptionError(path, where, f"bad table magic {magic!r}")
+        if mask_crc(crc(foot[:40])) != stored_crc:
+            raise CorruptionError(path, where, "footer checksum mismatch")
+        if version > FORMAT_VERSION:
+            raise CorruptionError(
+                path, where, f"table format version {version} is newer than supported "
+                f"version {FORMAT_VERSION}; upgrade stratakv to read it")
+        if version < 1:
+            raise CorruptionError(path, where, f"unknown table format version {version}")
+        index = self._decode(ioff, isize, "index")
+        self._index_keys: list[bytes] = index.keys
+        self._handles: list[tuple[int, int]] = [
+            _HANDLE.unpack(index.value(i) or b"") for i in range(len(index))
+        ]
+        fbody = self.read_body(foff, fsize, "filter")
+        try:
+            self._filter = BloomFilter(fbody) if fbody else None
+        except ValueError as exc:
+            raise CorruptionError(path, foff, f"bad filter block: {exc}") from None
+        pblock = self._decode(poff, psize, "properties")
+        self.props = _decode_properties(pblock, number, size, path, poff)
+        if len(self._handles) != self.props.data_blocks:
+            raise CorruptionError(path, ioff, "index and properties disagree on block count")
+
+    def _decode(self, offset: int, size: int, what: str) -> Block:
+        try:
+            return Block(self.read_body(offset, size, what))
+        except BlockFormatError as exc:
+            raise CorruptionError(self.path, offset, f"{what} block: {exc}") from None
+
+    def read_body(self, offset: int, size: int, what: str) -> bytes:
+        """Read, check and decompress the block body at ``offset``."""
+        data = self._file.read(offset, size + _BLOCK_TRAILER)
+        if len(data) != size + _BLOCK_TRAILER:
+            raise CorruptionError(self.path, offset, f"{what} block truncated")
+        (stored,) = struct.unpack_from("<I", data, size + 1)
+        if mask_crc(crc(memoryview(data)[: size + 1])) != stored:
+            raise CorruptionError(self.path, offset, f"{what} block checksum mismatch")
+        btype = data[size]
+        if btype == RAW:
+            return data[:size]
+        if btype == LZ4:
+            try:
+                return lz4.block.decompress(memoryview(data)[:size])  # type: ignore[no-any-return]
+            except Exception as exc:  # lz4 raises a bare LZ4BlockError
+                raise CorruptionError(self.path, offset, f"{what} block: lz4: {exc}") from None
+        raise CorruptionError(self.path, offset, f"{what} block has unknown type {btype}")
+
+    @property
+    def number(self) -> int:
+        return self.props.number
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._handles)
+
+    def block(self, i: int) -> Block:
+        """Data block ``i``, decoded, through the shared cache."""
+        offset, size = self._handles[i]
+        ckey = self.props.number << 40 | offset
+        blk = self._cache.get(ckey)
+        if blk is None:
+            blk = self._decode(offset, size, "data")
+            self._cache.put(ckey, blk, blk.charge)
+        return blk
+
+    def read_block_uncached(self, i: int) -> Block:
+        """Data block ``i`` read from disk and checked, bypassing the cache (verify)."""
+        offset, size = self._handles[i]
+        return self._decode(offset, size, "data")
+
+    def block_offset(self, i: int) -> int:
+        return self._handles[i][0]
+
+    def may_contain(self, h: int, delta: int) -> bool:
+        flt = self._filter
+        return flt is None or flt.may_contain(h, delta)
+
+    def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
+        """Newest version of ``key`` with sequence <= ``seq`` (skips the filter)."""
+        i = bisect_left(self._index_keys, key)
+        if i == len(self._index_keys):
+            return None
+        return self.block(i).get(key, seq)
+
+    def cursor(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> TableCursor:
+        return TableCursor(self, lo, hi, reverse)
+
+    def find_block(self, key: bytes) -> int:
+        """Index of the first block whose last key is >= ``key``."""
+        return bisect_left(self._index_keys, key)
+
+    def entries(self) -> Iterator[Entry]:
+        """Every entry, in order (compaction input, dump tool)."""
+        for i in range(len(self._handles)):
+            blk = self.block(i)
+            yield from blk.entries(0, len(blk))
+
+    @property
+    def memory_bytes(self) -> int:
+        """Heap bytes held permanently (index and filter)."""
+        index = sum(len(k) + 110 for k in self._index_keys)
+        return index + (self._filter.memory_bytes if self._filter else 0) + 1000
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _decode_properties(
+    blk: Block, number: int, size: int, path: str, offset: int
+) -> TableProperties:
+    items = {blk.keys[i]: blk.value(i) or b"" for i in range(len(blk))}
+    try:
+        ints = {name: int(items[name.encode()]) for name in _PROP_INTS}
+        return TableProperties(
+            number=number,
+            file_size=size,
+            smallest=items[b"smallest"],
+            largest=items[b"largest"],
+            compression=items[b"compression"].decode(),
+            **ints,
+        )
+    except (KeyError, ValueError) as exc:
+        raise CorruptionError(path, offset, f"properties block incomplete: {exc}") from None
+
+
+class TableCursor:
+    """Walks a key range ``[lo, hi)`` of a table one block at a time.
+
+    ``next_chunk()`` returns the next block's entries inside the range in
+    internal-key order (an ascending list even when ``reverse``: chunks then
+    come from the last block backwards), or ``[]`` when done. Each chunk is
+    key-complete by invariant 2.
+    """
+
+    __slots__ = ("_bi", "_done", "_hi", "_lo", "_reverse", "_table")
+
+    def __init__(self, table: Table, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
+        self._table = table
+        self._lo = lo
+        self._hi = hi
+        self._reverse = reverse
+        n = table.num_blocks
+        self._done = n == 0
+        if reverse:
+            self._bi = n - 1 if hi is None else min(table.find_block(hi), n - 1)
+        else:
+            self._bi = 0 if lo is None else table.find_block(lo)
+            self._done = self._done or self._bi >= n
+
+    def next_chunk(self) -> list[Entry]:
+        while not self._done:
+            blk = self._table.block(self._bi)
+            keys = blk.keys
+            start = 0 if self._lo is None else bisect_left(keys, self._lo)
+            stop = len(keys) if self._hi is None else bisect_left(keys, self._hi)
+            if self._reverse:
+                self._bi -= 1
+                if start > 0 or self._bi < 0:
+                    self._done = True
+            else:
+                self._bi += 1
+                if stop < len(keys) or self._bi >= self._table.num_blocks:
+                    self._done = True
+            if start < stop:
+                return blk.entries(start, stop)
+        return []

@@ -1,0 +1,154 @@
+"""Transactions: snapshot reads, buffered writes, certification at commit.
+
+A transaction reads the snapshot taken at ``begin`` plus its own buffered
+writes, and writes nothing until ``commit``, when the engine certifies it
+(:mod:`engine.ssi`) and writes the buffer as one WAL batch: all or nothing
+after a crash. Nothing waits on another transaction's locks; conflicts are
+decided at commit, or earlier when the certifier dooms a transaction.
+
+Thread-safety: one transaction belongs to one thread at a time; many
+transactions may run concurrently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from engine.batch import Buffer, WriteBatch, check_key
+from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
+from engine.ssi import TxnState
+
+if TYPE_CHECKING:
+    from engine.db import Engine
+
+__all__ = ["Transaction"]
+
+
+class Transaction:
+    """One serializable transaction (``isolation="ssi"``) or OCC one (``"occ"``)."""
+
+    __slots__ = ("_batch", "_done", "_engine", "_state", "_writes", "sequence")
+
+    def __init__(self, engine: Engine, state: TxnState) -> None:
+        self._engine = engine
+        self._state = state
+        self._batch = WriteBatch(engine.options)  # checks sizes, keeps the last write per key
+        self._writes = self._batch.ops
+        self._done = False
+        # Sequence the commit was written at (None before commit or without writes).
+        self.sequence: int | None = None
+
+    @property
+    def snapshot_sequence(self) -> int:
+        """The sequence number this transaction reads at."""
+        return self._state.snapshot
+
+    @property
+    def read_only(self) -> bool:
+        return self._state.read_only
+
+    def _check(self) -> None:
+        if self._done:
+            raise TransactionClosed("transaction already committed, rolled back or failed")
+
+    def _guard(self, exc: SerializationFailure) -> None:
+        """A failure ends the transaction; release its snapshot."""
+        self._done = True
+        self._engine._txn_rollback(self._state)
+        raise exc
+
+    def get(self, key: Buffer) -> bytes | None:
+        """The value at the snapshot, or this transaction's own uncommitted write."""
+        self._check()
+        k = check_key(key, self._engine.options)
+        if k in self._writes:
+            return self._writes[k]
+        try:
+            self._engine._txn_read(self._state, k)
+        except SerializationFailure as exc:
+            self._guard(exc)
+        return self._engine._get_at(k, self._state.snapshot)
+
+    def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
+             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """``[start, end)`` at the snapshot merged with own writes; the range counts as read.
+
+        Registering the whole range (not only the keys found) is what makes a
+        concurrent insert into it -- a phantom -- a conflict.
+        """
+        self._check()
+        opts = self._engine.options
+        lo = None if start is None else check_key(start, opts)
+        hi = None if end is None else check_key(end, opts)
+        try:
+            self._engine._txn_scan(self._state, lo, hi)
+        except SerializationFailure as exc:
+            self._guard(exc)
+        base = self._engine._scan_at(lo, hi, reverse, self._state.snapshot)
+        own = sorted((k, v) for k, v in self._writes.items()
+                     if (lo is None or k >= lo) and (hi is None or k < hi))
+        if reverse:
+            own.reverse()
+        return _overlay(base, own, reverse)
+
+    def put(self, key: Buffer, value: Buffer) -> None:
+        self._check()
+        if self._state.read_only:
+            raise InvalidArgument("put in a read-only transaction")
+        self._batch.put(key, value)
+
+    def delete(self, key: Buffer) -> None:
+        self._check()
+        if self._state.read_only:
+            raise InvalidArgument("delete in a read-only transaction")
+        self._batch.delete(key)
+
+    def commit(self) -> None:
+        """Certify and write; raises SerializationFailure (retryable) if it cannot commit."""
+        self._check()
+        self._done = True
+        self.sequence = self._engine._txn_commit(self._state, self._writes,
+                                                 self._batch.byte_size)
+
+    def rollback(self) -> None:
+        """Discard the transaction. A no-op once it has ended."""
+        if self._done:
+            return
+        self._done = True
+        self._engine._txn_rollback(self._state)
+
+    def __enter__(self) -> Transaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+def _overlay(base: Iterator[tuple[bytes, bytes]], own: list[tuple[bytes, bytes | None]],
+             reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    """Merge buffered writes over snapshot items; ``None`` values hide keys."""
+    i = 0
+    n = len(own)
+    for key, value in base:
+        while i < n and (own[i][0] > key if reverse else own[i][0] < key):
+            k, v = own[i]
+            i += 1
+            if v is not None:
+                yield k, v
+        if i < n and own[i][0] == key:
+            k, v = own[i]
+            i += 1
+            if v is not None:
+                yield k, v
+            continue
+        yield key, value
+    for k, v in own[i:]:
+        if v is not None:
+            yield k, v
+
