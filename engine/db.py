@@ -46,7 +46,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -87,17 +87,21 @@ _MAX_GROUP_BYTES = 1 << 20
 _MAX_MANIFEST_BYTES = 4 << 20
 
 
-class _Writer:
-    __slots__ = ("blind", "cv", "done", "error", "nbytes", "ops", "seq", "txn")
+Ops = dict[bytes, bytes | None]
 
-    def __init__(self, ops: dict[bytes, bytes | None], nbytes: int, cv: threading.Condition,
-                 txn: TxnState | None) -> None:
-        self.ops = ops
+
+class _Writer:
+    """A queued write: one or more (sequence, ops) batches, and the certifier states to settle."""
+
+    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states")
+
+    def __init__(self, batches: list[tuple[int, Ops]], nbytes: int,
+                 cv: threading.Condition) -> None:
+        self.batches = batches
         self.nbytes = nbytes
         self.cv = cv
-        self.txn = txn
-        self.blind: TxnState | None = None
-        self.seq = 0
+        self.states: list[TxnState] = []
+        self.registered = False  # recorded with the certifier (as a transaction or blind write)
         self.done = False
         self.error: BaseException | None = None
 
@@ -124,6 +128,53 @@ class _SuperVersion:
 def _meta(p: TableProperties) -> FileMeta:
     return FileMeta(p.number, p.file_size, p.smallest, p.largest, p.min_seq, p.max_seq,
                     p.entries)
+
+
+class _LocalTransactions:
+    """The transaction backend of a standalone engine: its certifier, its WAL.
+
+    Certification happens under the engine mutex, in the same critical
+    section that queues the commit's batch, so certification order is
+    sequence order (ssi.py invariant 1).
+    """
+
+    __slots__ = ("_engine", "options")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.options = engine.options
+
+    def read(self, state: TxnState, key: bytes) -> bytes | None:
+        e = self._engine
+        with e._mutex:
+            e._certifier.on_read(state, key, time.monotonic())
+        return e._get_at(key, state.snapshot)
+
+    def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
+             ) -> Iterator[tuple[bytes, bytes]]:
+        e = self._engine
+        with e._mutex:
+            e._certifier.on_scan(state, lo, hi, time.monotonic())
+        return e._scan_at(lo, hi, reverse, state.snapshot)
+
+    def commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
+               ) -> int | None:
+        e = self._engine
+        try:
+            if ops:
+                return e._write(ops, nbytes, txn=state)
+            with e._mutex:
+                e._certifier.certify(state, (), None, time.monotonic())
+                e._certifier.committed(state)
+            return None
+        finally:
+            e._release_snapshot(state.snapshot)
+
+    def rollback(self, state: TxnState) -> None:
+        e = self._engine
+        with e._mutex:
+            e._certifier.abort(state)
+        e._release_snapshot(state.snapshot)
 
 
 class Snapshot:
@@ -207,6 +258,7 @@ class Engine:
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._transactions = _LocalTransactions(self)
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
         try:
@@ -368,32 +420,68 @@ class Engine:
             raise TypeError(f"sequence must be an int, got {type(sequence).__name__}")
         if not 0 < sequence < 1 << 56:
             raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
-        return self._write(dict(batch.ops), batch.byte_size, sequence=sequence) != 0
+        return self.apply_many([(sequence, batch)]) != 0
 
-    def _write(self, ops: dict[bytes, bytes | None], nbytes: int, *,
-               sequence: int | None = None, txn: TxnState | None = None) -> int:
-        """Queue ``ops``, group-commit, return the sequence (0 for an ignored apply)."""
-        w = _Writer(ops, nbytes, threading.Condition(self._mutex), txn)
+    def apply_many(self, entries: Sequence[tuple[int, WriteBatch]]) -> int:
+        """Apply several (sequence, batch) pairs, in order, with one WAL write.
+
+        Each batch keeps its own sequence and its atomicity; pairs at or below
+        :attr:`last_sequence` are skipped. Returns the last sequence applied
+        (0 if every pair was skipped). A replica's applier uses it to apply a
+        run of committed log entries at once.
+        """
+        items: list[tuple[int | None, Ops]] = []
+        nbytes = 0
+        for sequence, batch in entries:
+            if not isinstance(batch, WriteBatch):
+                raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+            if type(sequence) is not int:
+                raise TypeError(f"sequence must be an int, got {type(sequence).__name__}")
+            if not 0 < sequence < 1 << 56:
+                raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
+            items.append((sequence, dict(batch.ops)))
+            nbytes += batch.byte_size
+        return self._enqueue(items, nbytes, None)
+
+    def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None) -> int:
+        """Write ``ops`` as one batch at the next sequence; return that sequence."""
+        return self._enqueue([(None, ops)], nbytes, txn)
+
+    def _enqueue(self, items: list[tuple[int | None, Ops]], nbytes: int,
+                 txn: TxnState | None) -> int:
+        """Queue batches (None: next sequence), group-commit, return the last sequence or 0.
+
+        With ``txn`` (one item), the transaction is certified in the same
+        critical section that allocates its sequence.
+        """
+        w = _Writer([], nbytes, threading.Condition(self._mutex))
         with self._mutex:
             self._check_writable()
-            if sequence is not None:
-                if sequence <= self._last_seq:
-                    return 0
-                seq = sequence
-            else:
-                seq = self._last_seq + 1
-            if txn is not None:
-                self._certifier.certify(txn, ops, seq, time.monotonic())
-            elif ops and self._certifier.tracking:
-                w.blind = self._certifier.record_blind_write(ops, seq, time.monotonic())
-            self._last_seq = w.seq = seq
+            now = time.monotonic()
+            last = self._last_seq
+            for sequence, ops in items:
+                if sequence is not None and sequence <= last:
+                    continue  # already applied: idempotent replay
+                seq = last + 1 if sequence is None else sequence
+                if txn is not None:
+                    self._certifier.certify(txn, ops, seq, now)
+                    w.states.append(txn)
+                    w.registered = True
+                elif ops and self._certifier.tracking:
+                    w.states.append(self._certifier.record_blind_write(ops, seq, now))
+                    w.registered = True
+                w.batches.append((seq, ops))
+                last = seq
+            if not w.batches:
+                return 0
+            self._last_seq = last
             self._writers.append(w)
             while not w.done and self._writers[0] is not w:
                 w.cv.wait()
             if w.done:
                 if w.error is not None:
                     raise w.error
-                return seq
+                return last
             try:
                 self._make_room()
             except BaseException as exc:
@@ -410,27 +498,27 @@ class Engine:
                 size += other.nbytes
             mem, wal = self._sv.mem, self._wal
         error: EngineError | None = None
+        batches = [b for x in group for b in x.batches]
         try:
-            wal.append(encode_group([(x.seq, x.ops) for x in group]),
-                       sync=self.options.sync == "always")
+            wal.append(encode_group(batches), sync=self.options.sync == "always")
         except OSError as exc:
             error = StorageError(f"writing {wal.path} failed: {exc}")
         else:
-            for x in group:
-                mem.add(x.seq, x.ops)
+            for seq, ops in batches:
+                mem.add(seq, ops)
         with self._mutex:
             if error is not None:
                 log.error("%s: %s; the engine is now read-only", self.path, error)
                 self._bg_error = error
             else:
-                self._visible_seq = group[-1].seq
-                self._stats["writes"] += len(group)
+                self._visible_seq = batches[-1][0]
+                self._stats["writes"] += len(batches)
                 self._stats["write_groups"] += 1
                 self._stats["user_bytes_written"] += size
             self._finish_group(group, error)
         if error is not None:
             raise error
-        return w.seq
+        return last
 
     def _finish_group(self, group: list[_Writer], error: BaseException | None) -> None:
         """Mark ``group`` (the head of the queue) done and wake its members. Holds _mutex."""
@@ -438,12 +526,11 @@ class Engine:
             x.done = True
             x.error = error
             self._writers.popleft()
-            for state in (x.txn, x.blind):
-                if state is not None:
-                    if error is None:
-                        self._certifier.committed(state)
-                    else:
-                        self._certifier.abort(state, "storage_error")
+            for state in x.states:
+                if error is None:
+                    self._certifier.committed(state)
+                else:
+                    self._certifier.abort(state, "storage_error")
             x.cv.notify()
         if self._writers:
             self._writers[0].cv.notify()
@@ -610,6 +697,18 @@ class Engine:
         """Sequence number of the newest visible write (the last applied index)."""
         return self._visible_seq
 
+    @property
+    def persisted_sequence(self) -> int:
+        """Every write up to this sequence survives a power failure.
+
+        With ``sync="always"`` that is every acknowledged write; with
+        ``sync="none"`` only what flushes have put into synced tables. A
+        replica may forget log entries up to here, not beyond.
+        """
+        if self.options.sync == "always":
+            return self._visible_seq
+        return self._manifest_last_seq
+
     # ------------------------------------------------------------------ transactions
 
     def begin(self, *, read_only: bool = False) -> Transaction:
@@ -627,11 +726,13 @@ class Engine:
                 # Writes queued while nothing was tracked were not recorded;
                 # those this snapshot cannot see must be, before it reads.
                 for w in self._writers:
-                    if w.seq > seq and w.txn is None and w.blind is None and w.ops:
-                        w.blind = self._certifier.record_blind_write(w.ops, w.seq, now)
+                    if not w.registered:
+                        w.registered = True
+                        w.states += [self._certifier.record_blind_write(ops, s, now)
+                                     for s, ops in w.batches if s > seq and ops]
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
-        return Transaction(self, state)
+        return Transaction(self._transactions, state)
 
     def transaction(self, *, read_only: bool = False) -> Transaction:
         """A transaction as a context manager: commits on clean exit, rolls back otherwise."""
@@ -662,35 +763,6 @@ class Engine:
             except BaseException:
                 tx.rollback()
                 raise
-
-    # Called by engine.txn.Transaction. ----------------------------------------
-
-    def _txn_read(self, state: TxnState, key: bytes) -> None:
-        with self._mutex:
-            self._certifier.on_read(state, key, time.monotonic())
-
-    def _txn_scan(self, state: TxnState, lo: bytes | None, hi: bytes | None) -> None:
-        with self._mutex:
-            self._certifier.on_scan(state, lo, hi, time.monotonic())
-
-    def _txn_commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
-                    ) -> int | None:
-        try:
-            if ops:
-                return self._write(ops, nbytes, txn=state)
-            with self._mutex:
-                self._certifier.certify(state, (), None, time.monotonic())
-                self._certifier.committed(state)
-            return None
-        finally:
-            self._release_snapshot(state.snapshot)
-
-    def _txn_rollback(self, state: TxnState) -> None:
-        with self._mutex:
-            self._certifier.abort(state)
-            self._snapshots[state.snapshot] -= 1
-            if self._snapshots[state.snapshot] <= 0:
-                del self._snapshots[state.snapshot]
 
     # ------------------------------------------------------------------ background work
 
@@ -896,6 +968,33 @@ class Engine:
                 task = compaction.pick_level(version, level) if deeper or level == 0 else None
                 if task is not None:
                     self._run_compaction(task)
+
+    def checkpoint(self, dest: str) -> int:
+        """Write a consistent copy of the store into the new or empty directory ``dest``.
+
+        Flushes the memtable, then hard-links (or copies) every live table
+        and writes a manifest naming them. Returns the checkpoint's last
+        sequence: the copy holds exactly the writes up to it. Used to bring
+        a replica that fell behind the replication log back in one step.
+        """
+        self.flush()
+        fs = self._fs
+        fs.mkdirs(dest)
+        if fs.listdir(dest):
+            raise InvalidArgument(f"checkpoint directory {dest} is not empty")
+        with self._compaction_lock, self._manifest_lock:
+            with self._mutex:
+                version = self._sv.version
+                last_seq = self._manifest_last_seq
+                number = self._next_file
+            for _, f in version.files():
+                name = file_name(FileKind.TABLE, f.number)
+                fs.link_or_copy(self._fs.join(self.path, name), fs.join(dest, name))
+            fs.sync_dir(dest)
+            manifest = Manifest(fs, dest)
+            manifest.install(number, version.snapshot_edit(number + 1, number + 2, last_seq))
+            manifest.close()
+        return last_seq
 
     def stats(self) -> dict[str, Any]:
         """Counters and sizes: levels, memtables, stalls, cache, transactions."""

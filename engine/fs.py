@@ -91,6 +91,10 @@ class FileSystem(ABC):
         """Create (or truncate) ``path`` for appending."""
 
     @abstractmethod
+    def open_append(self, path: str) -> WritableFile:
+        """Open the existing file ``path`` to append after its current end."""
+
+    @abstractmethod
     def open_read(self, path: str) -> RandomAccessFile: ...
 
     @abstractmethod
@@ -126,6 +130,14 @@ class FileSystem(ABC):
     def lock(self, path: str) -> FileLock:
         """Take an exclusive lock on ``path`` (created if missing) or raise LockedError."""
 
+    @abstractmethod
+    def remove_tree(self, path: str) -> None:
+        """Remove directory ``path`` and everything below it (no error if missing)."""
+
+    @abstractmethod
+    def link_or_copy(self, src: str, dst: str) -> None:
+        """Make ``dst`` a durable copy of immutable file ``src`` (a hard link when possible)."""
+
     def join(self, *parts: str) -> str:
         return os.path.join(*parts)
 
@@ -137,11 +149,11 @@ class FileSystem(ABC):
 class _OSWritableFile:
     __slots__ = ("_buf", "_fd", "_size", "path")
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, flags: int = os.O_CREAT | os.O_TRUNC) -> None:
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(path, os.O_WRONLY | flags, 0o644)
         self._buf = bytearray()
-        self._size = 0
+        self._size = os.fstat(self._fd).st_size
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -220,6 +232,9 @@ class OSFileSystem(FileSystem):
     def create(self, path: str) -> WritableFile:
         return _OSWritableFile(path)
 
+    def open_append(self, path: str) -> WritableFile:
+        return _OSWritableFile(path, os.O_APPEND)
+
     def open_read(self, path: str) -> RandomAccessFile:
         return _OSRandomAccessFile(path)
 
@@ -262,6 +277,24 @@ class OSFileSystem(FileSystem):
 
     def lock(self, path: str) -> FileLock:
         return _OSFileLock(path)
+
+    def remove_tree(self, path: str) -> None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, dst)
+            fd = os.open(dst, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 # --------------------------------------------------------------------------
@@ -392,6 +425,11 @@ class MemFS(FileSystem):
             self._files[path] = inode
         return _MemWritableFile(self, path, inode)
 
+    def open_append(self, path: str) -> WritableFile:
+        path = self._norm(path)
+        with self._mutex:
+            return _MemWritableFile(self, path, self._inode(path))
+
     def open_read(self, path: str) -> RandomAccessFile:
         path = self._norm(path)
         with self._mutex:
@@ -472,6 +510,22 @@ class MemFS(FileSystem):
             if path not in self._files:
                 self._files[path] = _Inode()
         return _MemFileLock(self, path)
+
+    def remove_tree(self, path: str) -> None:
+        path = self._norm(path)
+        prefix = path.rstrip("/") + "/"
+        with self._mutex:
+            for p in [p for p in self._files if p.startswith(prefix)]:
+                del self._files[p]
+            self._dirs = {d for d in self._dirs if d != path and not d.startswith(prefix)}
+
+    def link_or_copy(self, src: str, dst: str) -> None:
+        src, dst = self._norm(src), self._norm(dst)
+        self._fault("create", dst)
+        with self._mutex:
+            inode = self._inode(src)
+            self._need_dir(dst)
+            self._files[dst] = inode  # a hard link: the same, immutable inode
 
     # -- crash simulation ----------------------------------------------------
 

@@ -14,27 +14,49 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import NoReturn, Protocol
 
 from engine.batch import Buffer, WriteBatch, check_key
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
+from engine.options import Options
 from engine.ssi import TxnState
 
-if TYPE_CHECKING:
-    from engine.db import Engine
+__all__ = ["Transaction", "TransactionBackend"]
 
-__all__ = ["Transaction"]
+
+class TransactionBackend(Protocol):
+    """Whoever certifies and stores transactions: a standalone engine or a replicated leader.
+
+    ``read``/``scan`` record the read with the certifier, then read at
+    ``state.snapshot``; ``commit`` certifies and makes the writes durable
+    (returning their sequence, or None without writes); ``rollback`` forgets
+    the transaction. Both end the transaction and release its snapshot. Any
+    of them raises SerializationFailure when the certifier says so.
+    """
+
+    @property
+    def options(self) -> Options: ...
+
+    def read(self, state: TxnState, key: bytes) -> bytes | None: ...
+
+    def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
+             ) -> Iterator[tuple[bytes, bytes]]: ...
+
+    def commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
+               ) -> int | None: ...
+
+    def rollback(self, state: TxnState) -> None: ...
 
 
 class Transaction:
     """One serializable transaction (``isolation="ssi"``) or OCC one (``"occ"``)."""
 
-    __slots__ = ("_batch", "_done", "_engine", "_state", "_writes", "sequence")
+    __slots__ = ("_backend", "_batch", "_done", "_state", "_writes", "sequence")
 
-    def __init__(self, engine: Engine, state: TxnState) -> None:
-        self._engine = engine
+    def __init__(self, backend: TransactionBackend, state: TxnState) -> None:
+        self._backend = backend
         self._state = state
-        self._batch = WriteBatch(engine.options)  # checks sizes, keeps the last write per key
+        self._batch = WriteBatch(backend.options)  # checks sizes, keeps the last write per key
         self._writes = self._batch.ops
         self._done = False
         # Sequence the commit was written at (None before commit or without writes).
@@ -53,23 +75,22 @@ class Transaction:
         if self._done:
             raise TransactionClosed("transaction already committed, rolled back or failed")
 
-    def _guard(self, exc: SerializationFailure) -> None:
-        """A failure ends the transaction; release its snapshot."""
+    def _fail(self, exc: SerializationFailure) -> NoReturn:
+        """A failure ends the transaction (and releases its snapshot)."""
         self._done = True
-        self._engine._txn_rollback(self._state)
+        self._backend.rollback(self._state)
         raise exc
 
     def get(self, key: Buffer) -> bytes | None:
         """The value at the snapshot, or this transaction's own uncommitted write."""
         self._check()
-        k = check_key(key, self._engine.options)
+        k = check_key(key, self._backend.options)
         if k in self._writes:
             return self._writes[k]
         try:
-            self._engine._txn_read(self._state, k)
+            return self._backend.read(self._state, k)
         except SerializationFailure as exc:
-            self._guard(exc)
-        return self._engine._get_at(k, self._state.snapshot)
+            self._fail(exc)
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
@@ -79,14 +100,13 @@ class Transaction:
         concurrent insert into it -- a phantom -- a conflict.
         """
         self._check()
-        opts = self._engine.options
+        opts = self._backend.options
         lo = None if start is None else check_key(start, opts)
         hi = None if end is None else check_key(end, opts)
         try:
-            self._engine._txn_scan(self._state, lo, hi)
+            base = self._backend.scan(self._state, lo, hi, reverse)
         except SerializationFailure as exc:
-            self._guard(exc)
-        base = self._engine._scan_at(lo, hi, reverse, self._state.snapshot)
+            self._fail(exc)
         own = sorted((k, v) for k, v in self._writes.items()
                      if (lo is None or k >= lo) and (hi is None or k < hi))
         if reverse:
@@ -109,7 +129,7 @@ class Transaction:
         """Certify and write; raises SerializationFailure (retryable) if it cannot commit."""
         self._check()
         self._done = True
-        self.sequence = self._engine._txn_commit(self._state, self._writes,
+        self.sequence = self._backend.commit(self._state, self._writes,
                                                  self._batch.byte_size)
 
     def rollback(self) -> None:
@@ -117,7 +137,7 @@ class Transaction:
         if self._done:
             return
         self._done = True
-        self._engine._txn_rollback(self._state)
+        self._backend.rollback(self._state)
 
     def __enter__(self) -> Transaction:
         return self

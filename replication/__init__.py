@@ -1,1 +1,48 @@
-"""stratakv's replication layer (N = 3, 5 or 7 copies agreeing through a consensus log)."""
+"""stratakv's replication layer: N = 3, 5 or 7 copies that agree through a consensus log.
+
+Quick start::
+
+    import replication
+    with replication.open("/tmp/cluster", nodes=3) as store:
+        store.put("greeting", "hello")
+        assert store.get("greeting") == "hello"
+        with store.transaction() as tx:
+            tx.put("counter", str(int(tx.get("counter") or 0) + 1))
+
+See :class:`KeyValueStore` for the API and its guarantees, :class:`Cluster`
+for fault injection, and :class:`SimulatedConsensus` for the consensus module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from replication.cluster import Cluster
+from replication.consensus import ConsensusModule, LogEntry, Proposal
+from replication.errors import AmbiguousCommit, NotLeader, ReplicationError, Unavailable
+from replication.simulated import SimulatedConsensus
+from replication.store import KeyValueStore, StoreTransaction
+
+__all__ = [
+    "AmbiguousCommit",
+    "Cluster",
+    "ConsensusModule",
+    "KeyValueStore",
+    "LogEntry",
+    "NotLeader",
+    "Proposal",
+    "ReplicationError",
+    "SimulatedConsensus",
+    "StoreTransaction",
+    "Unavailable",
+    "open",
+]
+
+
+def open(path: str, nodes: int = 3, **options: Any) -> KeyValueStore:
+    """Open (creating if needed) an embedded cluster of ``nodes`` replicas under ``path``.
+
+    Returns a KeyValueStore that owns the cluster: closing the store closes it.
+    Keyword options go to :meth:`Cluster.open`.
+    """
+    return KeyValueStore(Cluster.open(path, nodes, **options), owns_cluster=True)

@@ -1,0 +1,396 @@
+"""A replica: an engine store fed from the log, and -- while it leads -- the transaction manager.
+
+::
+
+    consensus --committed entries--> Applier --apply_many(index)--> Engine (node-i/engine-<g>)
+                                                                    ^ snapshot reads
+    client --> LeaderTransactions: begin (read index) -> reads -> certify+submit -> wait -> applied
+
+The applier applies committed entries in log order at sequence = log index,
+so every replica holds the same versions; ``Engine.apply_many`` is
+idempotent, so after a restart it simply resumes from the engine's last
+sequence. If the log no longer holds what the engine needs, the node
+installs a checkpoint of a peer's engine (a new engine generation; the
+``ENGINE`` pointer file is switched atomically) and continues from there.
+
+An applier failure that every replica would hit the same way (a
+deterministic error) is skipped identically everywhere; any other failure
+stops the node rather than let it diverge.
+
+On the leader, :class:`LeaderTransactions` is the
+:class:`engine.txn.TransactionBackend` of one term: its SSI certifier decides
+and hands the write set to the log in one critical section (so log order is
+certification order), the client waits outside it, and is acknowledged only
+once the entry committed *and* the leader applied it. A new term gets a new
+manager; transactions of the old one fail with NotLeader and are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import engine
+from engine.fs import FileSystem
+from engine.ssi import Certifier, TxnState
+from engine.txn import Transaction
+from replication.command import decode_command, encode_command, new_txn_id
+from replication.consensus import Proposal
+from replication.errors import AmbiguousCommit, NotLeader, Unavailable
+from replication.simulated import SimulatedConsensus, SnapshotNeeded
+
+__all__ = ["LeaderTransactions", "Node"]
+
+log = logging.getLogger(__name__)
+
+Ops = dict[bytes, bytes | None]
+SnapshotSource = Callable[[int, int, str], int]
+
+
+class Node:
+    """Replica ``node_id`` of a cluster: its engine, applier and leader role."""
+
+    def __init__(self, node_id: int, path: str, consensus: SimulatedConsensus,
+                 engine_options: dict[str, Any], fs: FileSystem,
+                 snapshot_source: SnapshotSource, *, timeout: float) -> None:
+        self.id = node_id
+        self.path = path
+        self.timeout = timeout
+        self._consensus = consensus
+        self._options = dict(engine_options)
+        self._fs = fs
+        self._snapshot_source = snapshot_source
+        self._cv = threading.Condition()
+        self._tm_lock = threading.Lock()
+        self._tm: LeaderTransactions | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.engine: engine.Engine | None = None
+        self.failed: BaseException | None = None
+        self.snapshots_installed = 0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    @property
+    def alive(self) -> bool:
+        return self.engine is not None and self.failed is None
+
+    def start(self) -> None:
+        """Open the engine and, unless the group is deterministic, start the applier."""
+        self._fs.mkdirs(self.path)
+        self.engine = engine.open(self._engine_dir(), fs=self._fs, **self._options)
+        self.failed = None
+        self._stopping = False
+        if not self._consensus.deterministic:
+            self._thread = threading.Thread(target=self._apply_loop, daemon=True,
+                                            name=f"stratakv-applier-{self.id}")
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop applying and close the engine (used for crashes and shutdown)."""
+        self._stopping = True
+        with self._cv:
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._tm_lock:
+            if self._tm is not None:
+                self._tm.retire("node stopped")
+                self._tm = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def _generation(self) -> int:
+        pointer = self._fs.join(self.path, "ENGINE")
+        if not self._fs.exists(pointer):
+            return 1
+        text = self._fs.read_file(pointer).decode("ascii", "replace").strip()
+        if not text.startswith("engine-") or not text[7:].isdigit():
+            raise engine.CorruptionError(pointer, 0, f"bad engine pointer {text!r}")
+        return int(text[7:])
+
+    def _engine_dir(self, generation: int | None = None) -> str:
+        g = self._generation() if generation is None else generation
+        return self._fs.join(self.path, f"engine-{g:06d}")
+
+    # -- applying ----------------------------------------------------------------------
+
+    @property
+    def applied(self) -> int:
+        e = self.engine
+        return e.last_sequence if e is not None else 0
+
+    def _apply_loop(self) -> None:
+        while not self._stopping:
+            try:
+                if self.catch_up() == 0:
+                    self._consensus.wait_committed(self.applied + 1, 0.05, node=self.id)
+            except BaseException as exc:
+                if isinstance(exc, engine.ClosedError) and self.stopping:
+                    return
+                log.error("node %d: applier stopped: %r", self.id, exc)
+                self.failed = exc
+                with self._cv:
+                    self._cv.notify_all()
+                return
+
+    def catch_up(self, limit: int = 2000) -> int:
+        """Apply committed entries this node holds; return how many were applied."""
+        e = self.engine
+        if e is None:
+            return 0
+        try:
+            entries = self._consensus.entries_after(e.last_sequence, limit, node=self.id)
+        except SnapshotNeeded as need:
+            try:
+                self._install_snapshot(need.base_index)
+            except (NotLeader, Unavailable) as exc:
+                log.warning("node %d: needs a snapshot, none available yet: %s", self.id, exc)
+                return 0
+            return 1
+        if not entries:
+            return 0
+        items: list[tuple[int, engine.WriteBatch]] = []
+        for entry in entries:
+            if not entry.payload:
+                items.append((entry.index, engine.WriteBatch()))
+                continue
+            try:
+                items.append((entry.index, decode_command(entry.payload, index=entry.index)[1]))
+            except engine.CorruptionError as exc:  # every replica decodes the same bytes
+                log.error("node %d: skipping undecodable entry %d: %s", self.id, entry.index, exc)
+                items.append((entry.index, engine.WriteBatch()))
+        e.apply_many(items)
+        with self._cv:
+            self._cv.notify_all()
+        return len(entries)
+
+    def wait_applied(self, index: int, timeout: float) -> bool:
+        """Wait until this node's engine has applied ``index``."""
+        if self._consensus.deterministic:
+            while self.applied < index and self.catch_up():
+                pass
+            return self.applied >= index
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self.applied < index:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.failed is not None or self.engine is None:
+                    return False
+                self._cv.wait(min(left, 0.05))
+        return True
+
+    def _install_snapshot(self, base_index: int) -> None:
+        """Replace the engine with a checkpoint of a peer that has applied past ``base_index``."""
+        old_generation = self._generation()
+        new_dir = self._engine_dir(old_generation + 1)
+        if self._fs.exists(new_dir):
+            self._fs.remove_tree(new_dir)
+        seq = self._snapshot_source(self.id, base_index, new_dir)
+        pointer = self._fs.join(self.path, "ENGINE")
+        tmp = pointer + ".tmp"
+        f = self._fs.create(tmp)
+        f.append(f"engine-{old_generation + 1:06d}\n".encode())
+        f.sync()
+        f.close()
+        old = self.engine
+        if old is not None:
+            old.close()
+        self._fs.rename(tmp, pointer)
+        self._fs.sync_dir(self.path)
+        self._fs.remove_tree(self._engine_dir(old_generation))
+        self.engine = engine.open(new_dir, fs=self._fs, **self._options)
+        self.snapshots_installed += 1
+        log.info("node %d: installed a snapshot at index %d (log starts after %d)",
+                 self.id, seq, base_index)
+
+    # -- the leader role ------------------------------------------------------------------
+
+    def transactions(self) -> LeaderTransactions:
+        """This node's transaction manager for the current term; NotLeader if it does not lead."""
+        c = self._consensus
+        with self._tm_lock:
+            tm = self._tm
+            if tm is not None and tm.current():
+                return tm
+            if c.leader_id != self.id or self.engine is None or self.failed is not None:
+                raise NotLeader(f"node {self.id} is not the leader")
+            if not c.leader_ready(self.id):
+                raise NotLeader(f"node {self.id} was just elected and is not ready")
+            if not self.wait_applied(c.commit_index, self.timeout):
+                raise Unavailable(f"node {self.id} could not apply the log in time")
+            if tm is not None:
+                tm.retire("a new term began")
+            self._tm = LeaderTransactions(self, c, c.term)
+            return self._tm
+
+    def read(self, key: bytes) -> bytes | None:
+        """A linearizable read: confirm leadership, wait for the read index, read."""
+        index = self._consensus.read_index(self.id, self.timeout)
+        if not self.wait_applied(index, self.timeout):
+            raise Unavailable(f"node {self.id} did not apply index {index} in time")
+        e = self.engine
+        if e is None:
+            raise NotLeader(f"node {self.id} is down")
+        return e.get(key)
+
+
+class LeaderTransactions:
+    """The transaction backend of one leader term: an SSI certifier in front of the log."""
+
+    def __init__(self, node: Node, consensus: SimulatedConsensus, term: int) -> None:
+        e = node.engine
+        if e is None:
+            raise NotLeader(f"node {node.id} is down")
+        self.options = e.options
+        self.term = term
+        self._node = node
+        self._engine = e
+        self._consensus = consensus
+        self._certifier = Certifier("ssi", e.options.max_txn_age)
+        self._lock = threading.Lock()
+        self._snapshots: dict[int, engine.Snapshot] = {}
+        self._unregistered: dict[int, Ops] = {}  # blind writes in flight, not yet tracked
+        self._retired: str | None = None
+
+    def current(self) -> bool:
+        c = self._consensus
+        return (self._retired is None and c.leader_id == self._node.id and c.term == self.term
+                and self._node.engine is self._engine)
+
+    def retire(self, why: str) -> None:
+        if self._retired is None:
+            log.info("node %d: transaction manager of term %d retired (%s)", self._node.id,
+                     self.term, why)
+            self._retired = why
+
+    def _check(self) -> None:
+        if not self.current():
+            raise NotLeader(f"node {self._node.id} no longer leads term {self.term}"
+                            f"{' (' + self._retired + ')' if self._retired else ''}")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {"commits": self._certifier.commits, "aborts": dict(self._certifier.aborts),
+                **self._certifier.tracked()}
+
+    # -- beginning ---------------------------------------------------------------------
+
+    def begin(self, *, read_only: bool = False) -> Transaction:
+        """A transaction reading a snapshot at least as new as the commit index right now."""
+        node = self._node
+        index = self._consensus.read_index(node.id, node.timeout)
+        if not node.wait_applied(index, node.timeout):
+            raise Unavailable(f"node {node.id} did not apply index {index} in time")
+        now = time.monotonic()
+        with self._lock:
+            self._check()
+            snap = self._engine.snapshot()
+            self._certifier.expire(now)
+            if not self._certifier.tracking:
+                for seq, ops in self._unregistered.items():
+                    if seq > snap.sequence:
+                        self._certifier.record_blind_write(ops, seq, now)
+                self._unregistered.clear()
+            state = self._certifier.begin(snap.sequence, now, read_only=read_only)
+            self._snapshots[state.txn_id] = snap
+        return Transaction(self, state)
+
+    # -- engine.txn.TransactionBackend -------------------------------------------------------
+
+    def read(self, state: TxnState, key: bytes) -> bytes | None:
+        with self._lock:
+            self._certifier.on_read(state, key, time.monotonic())
+            snap = self._snapshots[state.txn_id]
+        return snap.get(key)
+
+    def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
+             ) -> Iterator[tuple[bytes, bytes]]:
+        with self._lock:
+            self._certifier.on_scan(state, lo, hi, time.monotonic())
+            snap = self._snapshots[state.txn_id]
+        return snap.scan(lo, hi, reverse=reverse)
+
+    def rollback(self, state: TxnState) -> None:
+        with self._lock:
+            self._certifier.abort(state)
+            snap = self._snapshots.pop(state.txn_id, None)
+        if snap is not None:
+            snap.release()
+
+    def commit(self, state: TxnState, ops: Ops, nbytes: int) -> int | None:
+        with self._lock:
+            snap = self._snapshots.pop(state.txn_id, None)
+        try:
+            if not ops:
+                with self._lock:
+                    self._certifier.certify(state, (), None, time.monotonic())
+                    self._certifier.committed(state)
+                return None
+
+            def certify(seq: int) -> list[TxnState]:
+                self._certifier.certify(state, ops, seq, time.monotonic())
+                return [state]
+
+            return self._propose(ops, certify)
+        finally:
+            if snap is not None:
+                snap.release()
+
+    # -- writes outside transactions -----------------------------------------------------------
+
+    def write(self, ops: Ops) -> int:
+        """A blind write (put/delete): never conflicts, but is recorded for running transactions."""
+        def record(seq: int) -> list[TxnState]:
+            if self._certifier.tracking:
+                return [self._certifier.record_blind_write(ops, seq, time.monotonic())]
+            self._unregistered[seq] = ops
+            return []
+
+        return self._propose(ops, record)
+
+    def _propose(self, ops: Ops, certify: Callable[[int], list[TxnState]]) -> int:
+        """Certify and submit in one critical section; wait outside; settle the certifier."""
+        payload = encode_command(new_txn_id(), ops)
+        c = self._consensus
+        with self._lock:
+            self._check()
+            index = c.next_index(self._node.id)
+            states = certify(index)  # may raise SerializationFailure
+            try:
+                proposal: Proposal = c.submit(payload, node=self._node.id, expect_index=index)
+            except BaseException:
+                for s in states:
+                    self._certifier.abort(s, "not_submitted")
+                self._unregistered.pop(index, None)
+                raise
+        try:
+            committed = proposal.wait(self._node.timeout)
+        except AmbiguousCommit:
+            self.retire(f"outcome of entry {index} unknown")
+            raise
+        if not committed:
+            with self._lock:
+                for s in states:
+                    self._certifier.abort(s, "lost")
+                self._unregistered.pop(index, None)
+            raise NotLeader(f"entry {index} was not committed: leadership changed")
+        applied = self._node.wait_applied(index, self._node.timeout)
+        with self._lock:
+            self._unregistered.pop(index, None)
+            for s in states:
+                if applied:
+                    self._certifier.committed(s)
+            if not applied:
+                self.retire(f"entry {index} committed but not applied here")
+        return index
+

@@ -1,0 +1,536 @@
+"""SimulatedConsensus: a whole Raft-like group in one process, durable and faultable.
+
+What it models faithfully (the guarantees the replication layer relies on):
+
+* every node keeps its own durable log (:class:`replication.log_store.NodeLog`);
+  an entry is committed only when a majority of nodes stored it durably and
+  it belongs to the leader's current term (Raft's commit rule; earlier-term
+  entries commit through the leader's no-op);
+* a leader is elected among live nodes in a partition holding a majority,
+  ``election_delay`` seconds after the previous leader was lost; the winner
+  has the most up-to-date log of that majority (Raft's election restriction),
+  so it holds every committed entry; terms only increase;
+* followers are brought in line by the consistency check: conflicting
+  suffixes are truncated, missing entries sent, and a follower behind the
+  leader's compacted prefix has its log reset (it then needs a state snapshot);
+* a node's applier sees only entries its own log holds and knows committed.
+
+What it simplifies: the network is the driver thread copying entries under a
+lock (with optional ``latency`` per follower); votes are not messages. A
+*proposal* learns its fate from the log, as a client with a request id would
+after a failover: True once committed, False once it can no longer commit
+(a different entry was committed at its index, or an entry of a later term
+was committed before it), and AmbiguousCommit only if neither is known in
+time.
+
+Group commit: ``submit`` only appends to the leader's log in memory; each
+*round* of the driver makes everything appended so far durable with one sync
+per node, then advances the commit index.
+
+Faults: ``crash(node)`` drops a node's memory (its unsynced entries are lost,
+as on power failure), ``restart(node)`` recovers it from its log file,
+``partition(nodes)``/``heal()`` cut the network, ``latency`` slows rounds.
+
+Threads and locks: ``_lock`` guards the group state (roles, terms, match and
+commit indexes, proposals); ``_round_lock`` is held by whoever changes logs on
+disk (the driver's round, fault injection, compaction), so a crash never
+races a sync. Lock order: ``_round_lock`` before ``_lock``.
+
+Deterministic mode (``deterministic=True``): no thread; time is a tick count,
+``tick()`` runs one round, and ``Proposal.wait`` ticks until the outcome is
+known. With a seed, the same calls give the same results.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+from sortedcontainers import SortedDict
+
+from engine.errors import ClosedError, InvalidArgument
+from engine.fs import FileSystem, OSFileSystem
+from replication.consensus import LogEntry
+from replication.errors import AmbiguousCommit, NotLeader, Unavailable
+from replication.log_store import NodeLog
+
+__all__ = ["SimulatedConsensus", "SnapshotNeeded"]
+
+log = logging.getLogger(__name__)
+
+_MAX_DETERMINISTIC_TICKS = 200
+
+
+class SnapshotNeeded(Exception):
+    """A node's log starts after the entries its state machine still needs."""
+
+    def __init__(self, base_index: int) -> None:
+        self.base_index = base_index
+        super().__init__(f"log starts after index {base_index}: install a snapshot")
+
+
+class _Proposal:
+    __slots__ = ("_sim", "index", "outcome", "term")
+
+    def __init__(self, sim: SimulatedConsensus, index: int, term: int) -> None:
+        self._sim = sim
+        self.index = index
+        self.term = term
+        self.outcome: bool | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        sim = self._sim
+        if sim.deterministic:
+            for _ in range(_MAX_DETERMINISTIC_TICKS):
+                if self.outcome is not None:
+                    return self.outcome
+                sim.tick()
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with sim._cv:
+                while self.outcome is None and not sim._closed:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    sim._cv.wait(left)
+        if self.outcome is not None:
+            return self.outcome
+        raise AmbiguousCommit(f"entry {self.index} (term {self.term}): outcome unknown "
+                              f"{'after close' if sim._closed else 'when the wait timed out'}")
+
+
+class SimulatedConsensus:
+    """A replicated log over ``nodes`` simulated nodes with durable per-node logs."""
+
+    def __init__(self, path: str, nodes: int = 3, *, fs: FileSystem | None = None,
+                 election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
+                 deterministic: bool = False) -> None:
+        if nodes < 1:
+            raise InvalidArgument(f"nodes must be >= 1, got {nodes}")
+        if election_delay <= 0 or latency < 0:
+            raise InvalidArgument("election_delay must be > 0 and latency >= 0")
+        self.path = path
+        self.nodes = nodes
+        self.quorum = nodes // 2 + 1
+        self.deterministic = deterministic
+        self.election_delay = election_delay
+        self.latency = latency
+        self._fs = fs or OSFileSystem()
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._round_lock = threading.Lock()
+        self._logs: list[NodeLog | None] = [self._open_log(i) for i in range(nodes)]
+        self._alive = [True] * nodes
+        self._groups: list[frozenset[int]] = [frozenset(range(nodes))]
+        self._term = max(lg.term for lg in self._live_logs())
+        self._leader: int | None = None
+        self._noop_index = 0
+        self._commit = 0
+        self._node_commit = [0] * nodes
+        self._match = [0] * nodes
+        self._proposals: SortedDict[int, _Proposal] = SortedDict()
+        self._ticks = 0
+        self._leaderless_since = self._now()
+        self._closed = False
+        self.elections = 0
+        self.rounds = 0
+        self._thread: threading.Thread | None = None
+        if not deterministic:
+            self._thread = threading.Thread(target=self._drive, daemon=True,
+                                            name=f"stratakv-consensus:{path}")
+            self._thread.start()
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _open_log(self, node: int) -> NodeLog:
+        return NodeLog(self._fs, self._fs.join(self.path, f"node-{node}", "log"), node)
+
+    def _live_logs(self) -> list[NodeLog]:
+        return [lg for lg in self._logs if lg is not None]
+
+    def _log(self, node: int) -> NodeLog:
+        lg = self._logs[node]
+        if lg is None:
+            raise NotLeader(f"node {node} is down")
+        return lg
+
+    def _now(self) -> float:
+        if self.deterministic:
+            return self._ticks * self.election_delay / 4
+        return time.monotonic()
+
+    def _group_of(self, node: int) -> frozenset[int]:
+        return next(g for g in self._groups if node in g)
+
+    def _reachable(self, a: int, b: int) -> bool:
+        return self._alive[a] and self._alive[b] and b in self._group_of(a)
+
+    def _has_quorum(self, node: int) -> bool:
+        return self._alive[node] and sum(
+            self._alive[i] for i in self._group_of(node)) >= self.quorum
+
+    # -- the mission's interface -------------------------------------------------------
+
+    def propose(self, transaction: bytes) -> bool:
+        """Append ``transaction`` through the leader and block until its fate is known."""
+        try:
+            return self.submit(transaction).wait()
+        except (NotLeader, Unavailable):
+            return False
+
+    def get_committed_transactions(self) -> list[bytes]:
+        """Committed payloads in log order since the last prefix truncation (no-ops omitted)."""
+        with self._lock:
+            best = max((i for i in range(self.nodes) if self._logs[i] is not None),
+                       key=lambda i: self._node_commit[i])
+            lg = self._log(best)
+            entries = lg.slice(lg.base_index + 1, self._node_commit[best])
+        return [e.payload for e in entries if e.payload]
+
+    # -- the extras ------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._leader
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def commit_index(self) -> int:
+        return self._commit
+
+    @property
+    def first_index(self) -> int:
+        with self._lock:
+            bases = [lg.base_index for lg in self._live_logs()]
+        return max(bases, default=0) + 1
+
+    def node_commit_index(self, node: int) -> int:
+        return self._node_commit[node]
+
+    def is_alive(self, node: int) -> bool:
+        return self._alive[node]
+
+    def leader_ready(self, node: int) -> bool:
+        """Has ``node`` committed its no-op, so that it knows every committed entry?"""
+        with self._lock:
+            return self._leader == node and self._commit >= self._noop_index
+
+    def next_index(self, node: int) -> int:
+        """The index the next entry submitted through leader ``node`` would get."""
+        with self._lock:
+            if self._leader != node:
+                raise NotLeader(f"node {node} is not the leader")
+            return self._log(node).last_index + 1
+
+    def submit(self, transaction: bytes, *, node: int | None = None,
+               expect_index: int | None = None) -> _Proposal:
+        """Append through the leader; with ``expect_index``, only at that index (else NotLeader)."""
+        if not isinstance(transaction, (bytes, bytearray, memoryview)):
+            raise TypeError(f"transaction must be bytes-like, got {type(transaction).__name__}")
+        payload = bytes(transaction)
+        if not payload:
+            raise InvalidArgument("an empty transaction is reserved for leader no-ops")
+        with self._cv:
+            if self._closed:
+                raise ClosedError("consensus module is closed")
+            leader = self._leader
+            if leader is None:
+                raise NotLeader("no leader is elected")
+            if node is not None and node != leader:
+                raise NotLeader(f"node {node} is not the leader (node {leader} is)")
+            if not self._has_quorum(leader):
+                raise Unavailable(f"leader {leader} cannot reach a quorum of {self.quorum}")
+            lg = self._log(leader)
+            if expect_index is not None and lg.last_index + 1 != expect_index:
+                raise NotLeader(f"the log moved on: next index is {lg.last_index + 1}, "
+                                f"not {expect_index}")
+            entry = LogEntry(lg.last_index + 1, self._term, payload)
+            lg.append([entry])
+            p = _Proposal(self, entry.index, entry.term)
+            self._proposals[entry.index] = p
+            self._cv.notify_all()
+            return p
+
+    def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
+                      ) -> list[LogEntry]:
+        """Committed entries after ``index`` that ``node`` (default: the leader) holds."""
+        with self._lock:
+            n = self._leader if node is None else node
+            if n is None:
+                return []
+            lg = self._logs[n]
+            if lg is None:
+                return []
+            if index < lg.base_index:
+                raise SnapshotNeeded(lg.base_index)
+            hi = min(self._node_commit[n], index + limit)
+            return lg.slice(index + 1, hi) if hi > index else []
+
+    def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool:
+        if self.deterministic:
+            n = self._leader if node is None else node
+            return n is not None and self._node_commit[n] >= index
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                n = self._leader if node is None else node
+                if n is not None and self._node_commit[n] >= index:
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return False
+                self._cv.wait(left)
+
+    def read_index(self, node: int, timeout: float) -> int:
+        if self.latency and not self.deterministic:
+            time.sleep(self.latency)  # a heartbeat round trip to the followers
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if self._closed:
+                    raise ClosedError("consensus module is closed")
+                if self._leader != node:
+                    raise NotLeader(f"node {node} is not the leader")
+                if self._has_quorum(node) and self._commit >= self._noop_index:
+                    return self._commit
+                left = deadline - time.monotonic()
+                if left <= 0 or self.deterministic:
+                    raise Unavailable(f"leader {node} could not confirm its leadership with a "
+                                      f"quorum within {timeout}s")
+                self._cv.wait(left)
+
+    def truncate_prefix(self, index: int) -> None:
+        with self._round_lock:
+            with self._lock:
+                targets = [(i, lg, min(index, self._node_commit[i]))
+                           for i, lg in enumerate(self._logs) if lg is not None]
+            for _, lg, upto in targets:
+                lg.compact(upto)
+
+    # -- fault injection -------------------------------------------------------------
+
+    def crash(self, node: int) -> None:
+        """Stop ``node``: its memory is lost, its log file keeps what was synced."""
+        with self._round_lock, self._cv:
+            lg = self._logs[node]
+            if lg is None:
+                return
+            lg.close()
+            self._logs[node] = None
+            self._alive[node] = False
+            self._node_commit[node] = 0
+            if self._leader == node:
+                self._step_down("crashed")
+            log.info("consensus: node %d crashed", node)
+            self._cv.notify_all()
+
+    def restart(self, node: int) -> None:
+        """Bring ``node`` back from its log file; it catches up from the leader."""
+        with self._round_lock:
+            if self._logs[node] is not None:
+                return
+            lg = self._open_log(node)
+            with self._cv:
+                self._logs[node] = lg
+                self._alive[node] = True
+                self._match[node] = 0
+                self._node_commit[node] = 0
+                self._term = max(self._term, lg.term)
+                log.info("consensus: node %d restarted at index %d term %d", node,
+                         lg.last_index, lg.term)
+                self._cv.notify_all()
+
+    def partition(self, nodes: Sequence[int]) -> None:
+        """Cut ``nodes`` off from the others (both sides keep running)."""
+        side = frozenset(nodes)
+        with self._round_lock, self._cv:
+            self._groups = [g for g in (side, frozenset(range(self.nodes)) - side) if g]
+            log.info("consensus: partition %s", [sorted(g) for g in self._groups])
+            self._cv.notify_all()
+
+    def heal(self) -> None:
+        with self._round_lock, self._cv:
+            self._groups = [frozenset(range(self.nodes))]
+            self._cv.notify_all()
+
+    def set_latency(self, seconds: float) -> None:
+        self.latency = seconds
+
+    # -- rounds ------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Deterministic mode: advance logical time and run one round."""
+        self._ticks += 1
+        self._round()
+
+    def _drive(self) -> None:
+        idle_wait = min(0.05, self.election_delay / 4)
+        while True:
+            with self._cv:
+                if not self.closed and not self._has_work():
+                    self._cv.wait(idle_wait)
+                if self.closed:
+                    return
+            try:
+                self._round()
+            except Exception:
+                log.exception("consensus round failed; retrying")
+                time.sleep(idle_wait)
+
+    def _has_work(self) -> bool:
+        """Is a round due now? Caller holds _lock."""
+        leader = self._leader
+        if leader is None:
+            due = self._now() - self._leaderless_since >= self.election_delay
+            return due and any(sum(self._alive[i] for i in g) >= self.quorum
+                               for g in self._groups)
+        if not self._has_quorum(leader):
+            return True
+        lg = self._log(leader)
+        last = lg.last_index
+        return any(self._match[i] < last for i in range(self.nodes)
+                   if i == leader or self._reachable(leader, i))
+
+    def _step_down(self, why: str) -> None:
+        """Caller holds _lock."""
+        log.info("consensus: leader %s of term %d steps down (%s)", self._leader, self._term, why)
+        self._leader = None
+        self._leaderless_since = self._now()
+
+    def _maybe_elect(self) -> None:
+        """Caller holds _round_lock and _lock."""
+        if self._leader is not None:
+            if self._has_quorum(self._leader):
+                return
+            self._step_down("lost its quorum")
+        if self._now() - self._leaderless_since < self.election_delay:
+            return
+        group = next((g for g in self._groups
+                      if sum(self._alive[i] for i in g) >= self.quorum), None)
+        if group is None:
+            return
+        voters = sorted(i for i in group if self._alive[i])
+        best = max((self._log(i).last_term, self._log(i).last_index) for i in voters)
+        winner = self._rng.choice([i for i in voters
+                                   if (self._log(i).last_term, self._log(i).last_index) == best])
+        self._term += 1
+        for i in voters:
+            self._log(i).set_term(self._term)
+        self._leader = winner
+        self._match = [0] * self.nodes
+        lg = self._log(winner)
+        noop = LogEntry(lg.last_index + 1, self._term, b"")
+        lg.append([noop])
+        self._noop_index = noop.index
+        self.elections += 1
+        log.info("consensus: node %d elected leader for term %d (log %d/%d)", winner, self._term,
+                 lg.last_index, lg.last_term)
+
+    def _round(self) -> None:
+        """Elect if needed, replicate to reachable followers, sync, advance the commit."""
+        with self._round_lock:
+            with self._lock:
+                if self._closed:
+                    return
+                self._maybe_elect()
+                leader = self._leader
+                if leader is None:
+                    return
+                term = self._term
+                llog = self._log(leader)
+                plans = [self._plan(llog, f) for f in range(self.nodes)
+                         if f != leader and self._reachable(leader, f)]
+            self.rounds += 1
+            synced = {leader: llog.sync()}
+            for f, flog, reset, truncate_from, entries in plans:
+                if self.latency and not self.deterministic:
+                    time.sleep(self.latency)
+                if reset is not None:
+                    log.info("consensus: node %d is behind the log prefix; reset to %d",
+                             f, reset[0])
+                    flog.reset(*reset)
+                if flog.term < term:
+                    flog.set_term(term)
+                if truncate_from is not None:
+                    flog.truncate(truncate_from)
+                if entries:
+                    flog.append(entries)
+                synced[f] = flog.sync()
+            with self._cv:
+                if self._leader != leader or self._term != term:
+                    return
+                for node, index in synced.items():
+                    self._match[node] = index
+                self._advance_commit(leader, term)
+
+    def _plan(self, llog: NodeLog, f: int
+              ) -> tuple[int, NodeLog, tuple[int, int] | None, int | None, list[LogEntry]]:
+        """What follower ``f`` needs: (f, its log, reset, truncate_from, entries). Holds _lock."""
+        flog = self._log(f)
+        start = self._match[f]
+        reset: tuple[int, int] | None = None
+        if start == 0 or flog.term_at(start) != llog.term_at(start):
+            # Consistency check: the newest index where both logs agree.
+            i = min(flog.last_index, llog.last_index)
+            floor = max(llog.base_index, flog.base_index)
+            while i >= floor and (flog.term_at(i) is None or flog.term_at(i) != llog.term_at(i)):
+                i -= 1
+            if i < floor or flog.term_at(i) != llog.term_at(i):
+                reset = (llog.base_index, llog.base_term)
+                i = llog.base_index
+            start = i
+        truncate_from = start + 1 if reset is None and flog.last_index > start else None
+        return f, flog, reset, truncate_from, llog.slice(start + 1, llog.last_index)
+
+    def _advance_commit(self, leader: int, term: int) -> None:
+        """Commit what a quorum holds in this term; tell nodes and proposers. Holds _lock."""
+        matched = sorted(self._match, reverse=True)[self.quorum - 1]
+        llog = self._log(leader)
+        if matched > self._commit and llog.term_at(matched) == term:
+            self._commit = matched
+            self._resolve(llog)
+        self._node_commit[leader] = self._commit
+        for f in range(self.nodes):
+            if f != leader and self._logs[f] is not None and self._reachable(leader, f):
+                self._node_commit[f] = max(self._node_commit[f], min(self._commit, self._match[f]))
+        self._cv.notify_all()
+
+    def _resolve(self, llog: NodeLog) -> None:
+        """Decide proposals whose fate the commit index now settles. Holds _lock."""
+        commit = self._commit
+        committed_term = llog.term_at(commit) or 0
+        for index in list(self._proposals):
+            p = self._proposals[index]
+            if index <= commit:
+                p.outcome = llog.term_at(index) == p.term
+            elif committed_term > p.term:
+                p.outcome = False  # a later term committed below it: it can never commit
+            else:
+                continue
+            del self._proposals[index]
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._cv:
+            if self._closed:
+                return
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        with self._round_lock:
+            for lg in self._live_logs():
+                lg.sync()
+                lg.close()

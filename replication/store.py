@@ -1,0 +1,197 @@
+"""KeyValueStore: the string key-value API over a replicated cluster.
+
+* ``put``/``get``/``delete`` are linearizable: writes are acknowledged once
+  committed in the log and applied by the leader; ``get`` confirms leadership
+  with a quorum (read index) and reads at or after the commit index.
+* ``transaction()`` is serializable (SSI on the leader) and strictly so: a
+  transaction's snapshot is taken after a read-index check, so it sees every
+  transaction acknowledged before it began.
+* ``snapshot_read(key, node=i)`` reads a replica's applied prefix without
+  asking anyone: possibly stale, never torn, not linearizable. Use it only
+  where stale data is acceptable.
+
+Operations route to the current leader and ride out elections: a NotLeader
+or a quorum failure from an operation that certainly did not commit is
+retried until ``timeout`` seconds have passed, then reported as
+:class:`Unavailable`. An :class:`AmbiguousCommit` is reported as is (see its
+docstring). Keys and values are ``str`` (UTF-8 on disk); anything else is a
+TypeError.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Any, TypeVar
+
+from engine.errors import SerializationFailure
+from engine.txn import Transaction
+from replication.cluster import Cluster
+from replication.errors import NotLeader, Unavailable
+
+__all__ = ["KeyValueStore", "StoreTransaction"]
+
+T = TypeVar("T")
+
+
+def _key(key: object, what: str = "key") -> bytes:
+    if not isinstance(key, str):
+        raise TypeError(f"{what} must be str, got {type(key).__name__}")
+    return key.encode("utf-8")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8")
+
+
+class StoreTransaction:
+    """A serializable transaction on the leader, with str keys and values."""
+
+    __slots__ = ("_tx",)
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    def get(self, key: str) -> str | None:
+        return _text(self._tx.get(_key(key)))
+
+    def put(self, key: str, value: str) -> None:
+        self._tx.put(_key(key), _key(value, "value"))
+
+    def delete(self, key: str) -> None:
+        self._tx.delete(_key(key))
+
+    def scan(self, start: str | None = None, end: str | None = None, *,
+             reverse: bool = False) -> Iterator[tuple[str, str]]:
+        lo = None if start is None else _key(start, "start")
+        hi = None if end is None else _key(end, "end")
+        for k, v in self._tx.scan(lo, hi, reverse=reverse):
+            yield k.decode("utf-8"), v.decode("utf-8")
+
+    def commit(self) -> None:
+        self._tx.commit()
+
+    def rollback(self) -> None:
+        self._tx.rollback()
+
+    @property
+    def sequence(self) -> int | None:
+        """The log index the commit was written at (None before commit or without writes)."""
+        return self._tx.sequence
+
+    @property
+    def snapshot_sequence(self) -> int:
+        return self._tx.snapshot_sequence
+
+    def __enter__(self) -> StoreTransaction:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
+
+
+class KeyValueStore:
+    """The mission's ``KeyValueStore``: put/get on strings, replicated and transactional."""
+
+    def __init__(self, cluster: Cluster, *, timeout: float | None = None,
+                 owns_cluster: bool = False) -> None:
+        self.cluster = cluster
+        self.timeout = cluster.timeout if timeout is None else timeout
+        self._owns = owns_cluster
+
+    def _on_leader(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(leader_node)``, retrying on leader changes until the timeout."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.002
+        while True:
+            try:
+                return fn(self.cluster.leader(max(0.0, deadline - time.monotonic())))
+            except (NotLeader, Unavailable) as exc:
+                if time.monotonic() >= deadline:
+                    if isinstance(exc, Unavailable):
+                        raise
+                    raise Unavailable(f"no leader could serve the request within "
+                                      f"{self.timeout}s: {exc}") from exc
+                if self.cluster.deterministic:
+                    self.cluster.step()
+                else:
+                    time.sleep(random.uniform(0, delay))
+                delay = min(delay * 2, 0.05)
+
+    def put(self, key: str, value: str) -> None:
+        """Set ``key`` to ``value``; returns once committed and applied on the leader."""
+        k, v = _key(key), _key(value, "value")
+        self._on_leader(lambda node: node.transactions().write({k: v}))
+
+    def delete(self, key: str) -> None:
+        k = _key(key)
+        self._on_leader(lambda node: node.transactions().write({k: None}))
+
+    def get(self, key: str) -> str | None:
+        """The latest committed value of ``key`` (linearizable)."""
+        k = _key(key)
+        return _text(self._on_leader(lambda node: node.read(k)))
+
+    def transaction(self, *, read_only: bool = False) -> StoreTransaction:
+        """Begin a transaction on the leader (a context manager: commit on clean exit)."""
+        return StoreTransaction(
+            self._on_leader(lambda node: node.transactions().begin(read_only=read_only)))
+
+    def run_transaction(self, fn: Callable[[StoreTransaction], T], *, max_retries: int = 30,
+                        read_only: bool = False) -> T:
+        """Run ``fn(tx)`` and commit, retrying serialization failures and leader changes.
+
+        Retries use jittered exponential backoff; after ``max_retries`` the last
+        error is raised. AmbiguousCommit is never retried.
+        """
+        attempt = 0
+        while True:
+            tx = self.transaction(read_only=read_only)
+            try:
+                result = fn(tx)
+                tx.commit()
+                return result
+            except (SerializationFailure, NotLeader, Unavailable):
+                tx.rollback()
+                if attempt >= max_retries:
+                    raise
+                backoff = min(0.1, 0.001 * 2 ** attempt)
+                if self.cluster.deterministic:
+                    self.cluster.step()
+                else:
+                    time.sleep(random.uniform(0, backoff))
+                attempt += 1
+            except BaseException:
+                tx.rollback()
+                raise
+
+    def snapshot_read(self, key: str, *, node: int | None = None) -> str | None:
+        """Read ``key`` from replica ``node``'s applied state, without coordination.
+
+        NOT linearizable and not part of any transaction: the replica may be
+        behind. It never returns a value that was not committed.
+        """
+        k = _key(key)
+        candidates = [self.cluster.nodes[node]] if node is not None else [
+            n for n in self.cluster.nodes if n.alive]
+        for n in candidates:
+            e = n.engine
+            if e is not None and n.alive:
+                return _text(e.get(k))
+        raise Unavailable("no running replica to read from")
+
+    def close(self) -> None:
+        if self._owns:
+            self.cluster.close()
+
+    def __enter__(self) -> KeyValueStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
