@@ -167,6 +167,12 @@ class _LocalTransactions:
                 e._certifier.certify(state, (), None, time.monotonic())
                 e._certifier.committed(state)
             return None
+        except BaseException:
+            # Refused before certification (closed or read-only engine): forget
+            # it, or it would pin the certifier's state. A no-op if it failed later.
+            with e._mutex:
+                e._certifier.abort(state, "refused")
+            raise
         finally:
             e._release_snapshot(state.snapshot)
 
@@ -330,7 +336,7 @@ class Engine:
         self._last_seq = self._visible_seq = last_seq
         self._manifest_last_seq = last_seq
         log_number = self._log_number = self._take_file_number()
-        self._wal = LogFile(fs, path, FileKind.WAL, log_number)
+        self._wal = LogFile(fs, path, FileKind.WAL, log_number) if opts.wal else None
         self._manifest = Manifest(fs, path)
         manifest_number = self._take_file_number()
         self._manifest.install(manifest_number,
@@ -500,9 +506,10 @@ class Engine:
         error: EngineError | None = None
         batches = [b for x in group for b in x.batches]
         try:
-            wal.append(encode_group(batches), sync=self.options.sync == "always")
+            if wal is not None:
+                wal.append(encode_group(batches), sync=self.options.sync == "always")
         except OSError as exc:
-            error = StorageError(f"writing {wal.path} failed: {exc}")
+            error = StorageError(f"writing {wal.path if wal else 'WAL'} failed: {exc}")
         else:
             for seq, ops in batches:
                 mem.add(seq, ops)
@@ -573,17 +580,17 @@ class Engine:
     def _switch_memtable(self) -> None:
         """Freeze the memtable and start a new WAL segment. Holds _mutex."""
         number = self._take_file_number()
-        try:
-            wal = LogFile(self._fs, self.path, FileKind.WAL, number)
-        except OSError as exc:
-            self._bg_error = StorageError(f"creating WAL segment {number} failed: {exc}")
-            raise self._bg_error from exc
         old = self._wal
-        self._wal = wal
-        try:
-            old.close()
-        except OSError as exc:
-            log.warning("%s: closing %s: %s", self.path, old.path, exc)
+        if old is not None:
+            try:
+                self._wal = LogFile(self._fs, self.path, FileKind.WAL, number)
+            except OSError as exc:
+                self._bg_error = StorageError(f"creating WAL segment {number} failed: {exc}")
+                raise self._bg_error from exc
+            try:
+                old.close()
+            except OSError as exc:
+                log.warning("%s: closing %s: %s", self.path, old.path, exc)
         sv = self._sv
         self._sv = _SuperVersion(MemTable(number), (sv.mem, *sv.imms), sv.version, self._tables)
         self._bg_cv.notify_all()
@@ -702,10 +709,10 @@ class Engine:
         """Every write up to this sequence survives a power failure.
 
         With ``sync="always"`` that is every acknowledged write; with
-        ``sync="none"`` only what flushes have put into synced tables. A
-        replica may forget log entries up to here, not beyond.
+        ``sync="none"`` or ``wal=False`` only what flushes have put into
+        synced tables. A replica may forget log entries up to here, not beyond.
         """
-        if self.options.sync == "always":
+        if self.options.sync == "always" and self.options.wal:
             return self._visible_seq
         return self._manifest_last_seq
 
@@ -947,15 +954,19 @@ class Engine:
         """Write the memtable to a table and wait until every memtable is flushed."""
         with self._mutex:
             self._check_writable()
-            # Wait for the queue to drain: no leader may be writing the memtable we freeze.
-            while self._writers:
-                self._idle_cv.wait()
-            if len(self._sv.mem) or self._sv.mem.last_seq:
-                self._switch_memtable()
-            while self._sv.imms and self._bg_error is None:
-                self._bg_cv.wait()
-            if self._bg_error is not None:
-                raise self._bg_error
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        """Freeze the memtable and wait for every frozen one to reach a table. Holds _mutex."""
+        # Wait for the queue to drain: no leader may be writing the memtable we freeze.
+        while self._writers:
+            self._idle_cv.wait()
+        if len(self._sv.mem) or self._sv.mem.last_seq > self._manifest_last_seq:
+            self._switch_memtable()
+        while self._sv.imms and self._bg_error is None:
+            self._bg_cv.wait()
+        if self._bg_error is not None:
+            raise self._bg_error
 
     def compact(self) -> None:
         """Flush, then compact every level down until each key lives in one table level."""
@@ -1016,6 +1027,7 @@ class Engine:
                 table_index_filter_bytes=sum(t.memory_bytes for t in self._tables.values()),
                 txn_commits=self._certifier.commits,
                 txn_aborts=dict(self._certifier.aborts),
+                txn_rollbacks=dict(self._certifier.rollbacks),
                 certifier=self._certifier.tracked(),
                 background_error=str(self._bg_error) if self._bg_error else None,
             )
@@ -1024,10 +1036,11 @@ class Engine:
     def verify(self) -> VerifyReport:
         """Read and check every table block, the WAL and the manifest; return a report."""
         self._check_open()
-        with self._mutex:
-            sv = self._sv
-            tables = [self._tables[f.number] for _, f in sv.version.files()]
-        return verify_store(self._fs, self.path, tables, self.options.num_levels)
+        with self._compaction_lock:  # no table is deleted while it is re-read by path
+            with self._mutex:
+                sv = self._sv
+                tables = [self._tables[f.number] for _, f in sv.version.files()]
+            return verify_store(self._fs, self.path, tables, self.options.num_levels)
 
     def close(self) -> None:
         """Finish queued writes, stop background work, sync the WAL, release the directory."""
@@ -1037,6 +1050,11 @@ class Engine:
             self._rejecting_writes = True
             while self._writers:  # background threads keep running: a stalled leader needs them
                 self._idle_cv.wait()
+            if self._wal is None:  # nothing else keeps the memtable: flush it
+                try:
+                    self._flush_locked()
+                except EngineError as exc:
+                    log.error("%s: flushing on close failed: %s", self.path, exc)
             self._closing = True
             self._bg_cv.notify_all()
         self._flush_thread.join()
@@ -1044,8 +1062,9 @@ class Engine:
             pass
         self._compact_thread.join()
         try:
-            self._wal.sync()
-            self._wal.close()
+            if self._wal is not None:
+                self._wal.sync()
+                self._wal.close()
         except OSError as exc:
             log.error("%s: syncing the WAL on close failed: %s", self.path, exc)
         self._manifest.close()

@@ -83,8 +83,9 @@ class SerializationFailure(EngineError):
       this one writes (first committer wins);
     * ``dangerous_structure`` -- this transaction would close a chain of two
       rw-antidependencies whose last member committed first (SSI);
-    * ``doomed`` -- another transaction's commit found this one to be the
-      pivot of a dangerous structure and marked it to fail;
+    * ``doomed`` -- reserved for a transaction marked to fail by another's
+      commit. PostgreSQL needs it; with buffered writes our certifier always
+      finds the victim acting itself, so it never occurs (engine/ssi.py);
     * ``too_old`` -- the transaction ran longer than ``Options.max_txn_age``;
     * ``stale_read`` -- OCC only: something this transaction read was
       overwritten by a transaction that committed after its snapshot.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.cache import LRUCache
 from engine.encoding import FileKind, parse_file_name
 from engine.errors import CorruptionError
 from engine.fs import FileSystem
@@ -44,8 +45,21 @@ class VerifyReport:
                           *(f"note: {n}" for n in self.notes)])
 
 
-def check_table(table: Table, report: VerifyReport) -> None:
-    """Read every block of ``table`` bypassing the cache; check order and counts."""
+def check_table(fs: FileSystem, path: str, number: int, report: VerifyReport) -> None:
+    """Open table ``path`` afresh (footer, index, filter, properties) and read every block."""
+    try:
+        table = Table(fs, path, number, LRUCache(0))
+    except (CorruptionError, OSError) as exc:
+        report.problems.append(str(exc))
+        return
+    try:
+        _check_blocks(table, report)
+    finally:
+        table.close()
+
+
+def _check_blocks(table: Table, report: VerifyReport) -> None:
+    """Read every block of ``table``; check key order and the entry count."""
     last: tuple[bytes, int] | None = None
     count = 0
     for i in range(table.num_blocks):
@@ -76,7 +90,7 @@ def verify_store(fs: FileSystem, path: str, tables: list[Table], num_levels: int
     """Check the tables of the live version, every WAL segment and the manifest."""
     report = VerifyReport()
     for table in tables:
-        check_table(table, report)
+        check_table(fs, table.path, table.number, report)
     wals = sorted(num for kind, num in filter(None, map(parse_file_name, fs.listdir(path)))
                   if kind is FileKind.WAL)
     for number in wals:

@@ -51,7 +51,7 @@ class LogFile:
 
 
 def read_log_file(
-    fs: FileSystem, path: str, kind: FileKind
+    fs: FileSystem, path: str, kind: FileKind, *, strict_tail: bool = False
 ) -> tuple[list[tuple[int, bytes]], LogScan]:
     """Read a whole log file; return the records after its header and the raw scan.
 
@@ -59,5 +59,5 @@ def read_log_file(
     a newer format; a torn tail is reported in ``scan.torn`` for the caller to
     cut off (or to treat as corruption if the file is not the newest).
     """
-    scan = read_log(path, fs.read_file(path))
+    scan = read_log(path, fs.read_file(path), strict_tail=strict_tail)
     return body_records(path, scan, kind), scan

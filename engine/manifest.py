@@ -9,7 +9,8 @@ Every open writes a fresh manifest holding one snapshot edit of the whole
 version, then switches CURRENT to it by write-temp, fsync, rename,
 fsync-directory; so CURRENT always names a complete manifest. A torn last
 edit is the trace of an operation that never finished (its files are then
-unreferenced and deleted); damage before valid edits is corruption.
+unreferenced and deleted); any other damage -- including a complete last edit
+with a bad checksum, which may already have been acted on -- is corruption.
 
 Thread-safety: the caller serialises all calls (the engine holds its mutex
 or is the only thread, during open).
@@ -83,7 +84,7 @@ class Manifest:
         if not fs.exists(path):
             raise CorruptionError(fs.join(dirname, CURRENT), None,
                                   f"names {name}, which does not exist")
-        records, scan = read_log_file(fs, path, FileKind.MANIFEST)
+        records, scan = read_log_file(fs, path, FileKind.MANIFEST, strict_tail=True)
         if scan.torn:
             log.warning("%s: ignoring torn last edit at offset %d (%s)",
                         path, scan.valid_end, scan.torn)

@@ -35,6 +35,11 @@ class Options:
     """
 
     sync: Literal["always", "none"] = "always"
+    # wal=False skips the write-ahead log: writes live only in the memtable
+    # until a flush puts them in a table, so a crash loses them. Only for a
+    # store whose writes can be replayed from elsewhere -- a replica applying
+    # a durable replication log (replication.Cluster) -- and for scratch data.
+    wal: bool = True
     # Memtable size at which it is frozen and flushed, measured as an estimate
     # of the Python heap it occupies (keys, values, index), not just payload.
     memtable_bytes: int = 16 * MiB
@@ -76,6 +81,8 @@ class Options:
             raise InvalidArgument(
                 f"compression must be 'lz4' or 'none', got {self.compression!r}"
             )
+        if type(self.wal) is not bool:
+            raise InvalidArgument(f"wal must be True or False, got {self.wal!r}")
         if self.isolation not in ("ssi", "occ"):
             raise InvalidArgument(f"isolation must be 'ssi' or 'occ', got {self.isolation!r}")
         minimums = {

@@ -130,25 +130,30 @@ class LogScan:
 
 
 class _Bad(Exception):
-    def __init__(self, offset: int, reason: str) -> None:
+    def __init__(self, offset: int, reason: str, *, incomplete: bool = False) -> None:
         self.offset = offset
         self.reason = reason
+        # Bytes missing (file ends early, or a zero-filled extension), as opposed
+        # to bytes present but wrong.
+        self.incomplete = incomplete
 
 
 def _parse_fragment(data: bytes, pos: int, n: int) -> tuple[FragmentType, int, int]:
     """Check the fragment at ``pos``; return (type, data start, data end) or raise _Bad."""
     block_end = (pos // BLOCK_SIZE + 1) * BLOCK_SIZE
     if n - pos < HEADER_SIZE:
-        raise _Bad(pos, "truncated fragment header")
+        raise _Bad(pos, "truncated fragment header", incomplete=True)
     stored, length, t = _HEADER.unpack_from(data, pos)
     start = pos + HEADER_SIZE
     end = start + length
     if end > block_end:
         raise _Bad(pos, f"fragment length {length} crosses the block boundary")
     if end > n:
-        raise _Bad(pos, f"fragment of {length} bytes truncated at end of file")
+        raise _Bad(pos, f"fragment of {length} bytes truncated at end of file", incomplete=True)
     if t not in _TYPE_CRC or t == FragmentType.ZERO:
-        raise _Bad(pos, f"unknown fragment type {t}")
+        zeros = not any(memoryview(data)[pos:])
+        raise _Bad(pos, "zero-filled tail" if zeros else f"unknown fragment type {t}",
+                   incomplete=zeros)
     if mask_crc(crc(memoryview(data)[start:end], _TYPE_CRC[t])) != stored:
         raise _Bad(pos, "fragment checksum mismatch")
     return FragmentType(t), start, end
@@ -186,8 +191,15 @@ def _record_starts_after(data: bytes, offset: int) -> int | None:
     return None
 
 
-def read_log(path: str, data: bytes) -> LogScan:
-    """Parse a whole log file; raise CorruptionError on damage followed by valid records."""
+def read_log(path: str, data: bytes, *, strict_tail: bool = False) -> LogScan:
+    """Parse a whole log file; raise CorruptionError on damage followed by valid records.
+
+    With ``strict_tail``, only an *incomplete* last record (the file ends
+    early or in zeros) is a torn tail; a complete one with wrong bytes is
+    corruption too. The manifest reads strictly: a synced edit may already
+    have been acted on (WAL segments or tables deleted), so skipping a damaged
+    one could silently lose data, while a crash mid-append can only truncate.
+    """
     records: list[tuple[int, bytes]] = []
     n = len(data)
     pos = 0
@@ -218,7 +230,7 @@ def read_log(path: str, data: bytes) -> LogScan:
                     parts = []
             pos = end
         if record_start >= 0:
-            raise _Bad(pos, "file ends inside a fragmented record")
+            raise _Bad(pos, "file ends inside a fragmented record", incomplete=True)
     except _Bad as bad:
         cut = record_start if record_start >= 0 else bad.offset
         later = _record_starts_after(data, bad.offset)
@@ -226,6 +238,9 @@ def read_log(path: str, data: bytes) -> LogScan:
             raise CorruptionError(
                 path, bad.offset, f"{bad.reason}; a valid record follows at offset {later}"
             ) from None
+        if strict_tail and not bad.incomplete:
+            raise CorruptionError(path, bad.offset,
+                                  f"{bad.reason} in the last record (not a truncation)") from None
         log.warning("%s: torn tail at offset %d (%s); %d bytes dropped",
                     path, cut, bad.reason, n - cut)
         return LogScan(records, cut, bad.reason)

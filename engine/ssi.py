@@ -19,9 +19,18 @@ Model (Cahill, Röhm & Fekete 2008; Ports & Grittner 2012):
   skew). If T_in is read-only it is dangerous only when T_out's writes were
   visible to T_in's snapshot (the read-only refinement). Every
   non-serializable history under SI contains one (Fekete et al. 2005).
-* The victim is the pivot if it is not yet certified, else T_in. A victim
-  that is the caller's own transaction fails now (``dangerous_structure``);
-  another one is *doomed* and fails at its next operation (``doomed``).
+* The victim is the pivot if it is not yet certified, else T_in -- and with
+  buffered writes that is always the transaction acting at that moment, so
+  it fails at once with ``dangerous_structure``. Why: an edge *into* T
+  (``R -rw-> T``) needs T's writes, which exist only once T is certified, so
+  an active transaction has no in-edges and cannot be a pivot yet. A
+  structure is therefore completed either by the pivot's own certification
+  (it has the in-edge from readers of its writes and the out-edge to the
+  earlier T_out) or by T_in reading the certified pivot's write -- each time
+  by the victim itself. PostgreSQL, whose writes are visible as they happen,
+  must instead *doom* a running pivot when T_out commits; here no transaction
+  ever dooms another. ``TxnState.doomed`` remains for :meth:`Certifier.expire`,
+  which fails transactions older than ``max_txn_age`` (``too_old``).
 
 Lifecycle of a :class:`TxnState`::
 
@@ -59,9 +68,13 @@ from typing import Literal
 
 from sortedcontainers import SortedDict
 
-from engine.errors import SerializationFailure, SerializationReason
+from engine.errors import SerializationFailure, SerializationReason, TransactionClosed
 
 __all__ = ["Certifier", "Status", "TxnState"]
+
+
+SERIALIZATION_REASONS = frozenset(
+    ("write_write", "dangerous_structure", "too_old", "doomed", "stale_read"))
 
 
 class Status(Enum):
@@ -138,7 +151,8 @@ class Certifier:
         # Certified writers still relevant to someone: key -> writers, oldest first.
         self._writers: SortedDict[bytes, list[TxnState]] = SortedDict()
         self.commits = 0
-        self.aborts: Counter[str] = Counter()
+        self.aborts: Counter[str] = Counter()  # SerializationFailure reasons
+        self.rollbacks: Counter[str] = Counter()  # rollback, storage errors, lost leadership
 
     # -- queries ---------------------------------------------------------------
 
@@ -172,7 +186,7 @@ class Certifier:
         if t.status is not Status.ACTIVE:
             if t.doomed is not None:
                 raise SerializationFailure(t.doomed, f"transaction {t.txn_id}")
-            raise SerializationFailure("doomed", f"transaction {t.txn_id} already ended")
+            raise TransactionClosed(f"transaction {t.txn_id} already ended")
         if t.doomed is not None:
             reason = t.doomed
             self._fail(t, reason)
@@ -244,7 +258,7 @@ class Certifier:
         self.commits += 1
 
     def _certify(self, t: TxnState, keys: frozenset[bytes], commit_seq: int | None) -> None:
-        """Make ``t`` PENDING, index its writes, then doom pivots it completes as T_out."""
+        """Make ``t`` PENDING and index its writes."""
         self._stamp += 1
         t.commit_stamp = self._stamp
         t.commit_seq = commit_seq if keys else None
@@ -258,15 +272,6 @@ class Certifier:
                 self._writers[key] = [t]
             else:
                 writers.append(t)
-        # t as T_out: t_in -rw-> pivot -rw-> t, and t was certified first.
-        for pivot in list(t.in_edges):
-            for t_in in list(pivot.in_edges):
-                if self._dangerous(t_in, pivot, t):
-                    victim = pivot if not pivot.certified else t_in
-                    if victim.certified:
-                        raise RuntimeError(f"SSI invariant broken: certified victim {victim!r}")
-                    victim.doomed = "doomed"
-                    break
 
     def committed(self, t: TxnState) -> None:
         """``t``'s writes are now visible to new snapshots."""
@@ -386,7 +391,10 @@ class Certifier:
     def _fail(self, t: TxnState, reason: str) -> None:
         was_certified = t.certified
         t.status = Status.ABORTED
-        self.aborts[reason] += 1
+        if reason in SERIALIZATION_REASONS:
+            self.aborts[reason] += 1
+        else:
+            self.rollbacks[reason] += 1
         if was_certified:
             self.commits -= 1
         self._active.pop(t.txn_id, None)

@@ -209,6 +209,8 @@ class NodeLog:
         with self._lock:
             pending, self._pending = self._pending, []
             last = self.last_index
+        if not pending:
+            return last
         for rec in pending:
             self._writer.add_record(rec)
         self._file.sync()

@@ -27,6 +27,7 @@ manager; transactions of the old one fail with NotLeader and are retried.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -63,7 +64,8 @@ class Node:
         self._options = dict(engine_options)
         self._fs = fs
         self._snapshot_source = snapshot_source
-        self._cv = threading.Condition()
+        self._waiters: list[tuple[int, int, threading.Event]] = []  # heap of (index, id, event)
+        self._waiters_lock = threading.Lock()
         self._tm_lock = threading.Lock()
         self._tm: LeaderTransactions | None = None
         self._thread: threading.Thread | None = None
@@ -96,8 +98,7 @@ class Node:
     def stop(self) -> None:
         """Stop applying and close the engine (used for crashes and shutdown)."""
         self._stopping = True
-        with self._cv:
-            self._cv.notify_all()
+        self._wake_waiters(all_of_them=True)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -139,8 +140,7 @@ class Node:
                     return
                 log.error("node %d: applier stopped: %r", self.id, exc)
                 self.failed = exc
-                with self._cv:
-                    self._cv.notify_all()
+                self._wake_waiters(all_of_them=True)
                 return
 
     def catch_up(self, limit: int = 2000) -> int:
@@ -170,8 +170,7 @@ class Node:
                 log.error("node %d: skipping undecodable entry %d: %s", self.id, entry.index, exc)
                 items.append((entry.index, engine.WriteBatch()))
         e.apply_many(items)
-        with self._cv:
-            self._cv.notify_all()
+        self._wake_waiters()
         return len(entries)
 
     def wait_applied(self, index: int, timeout: float) -> bool:
@@ -180,14 +179,22 @@ class Node:
             while self.applied < index and self.catch_up():
                 pass
             return self.applied >= index
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while self.applied < index:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.failed is not None or self.engine is None:
-                    return False
-                self._cv.wait(min(left, 0.05))
-        return True
+        if self.applied >= index:
+            return True
+        event = threading.Event()
+        with self._waiters_lock:
+            if self.applied >= index:
+                return True
+            heapq.heappush(self._waiters, (index, id(event), event))
+        event.wait(timeout)
+        return self.applied >= index
+
+    def _wake_waiters(self, *, all_of_them: bool = False) -> None:
+        """Wake the wait_applied callers whose index is applied (or all, on stop)."""
+        applied = self.applied
+        with self._waiters_lock:
+            while self._waiters and (all_of_them or self._waiters[0][0] <= applied):
+                heapq.heappop(self._waiters)[2].set()
 
     def _install_snapshot(self, base_index: int) -> None:
         """Replace the engine with a checkpoint of a peer that has applied past ``base_index``."""

@@ -23,22 +23,28 @@ after a failover: True once committed, False once it can no longer commit
 was committed before it), and AmbiguousCommit only if neither is known in
 time.
 
-Group commit: ``submit`` only appends to the leader's log in memory; each
-*round* of the driver makes everything appended so far durable with one sync
-per node, then advances the commit index.
+Group commit and pipelining: ``submit`` only appends to the leader's log in
+memory. Each node has a *replicator* (a thread, as each Raft server persists
+independently) that repeatedly takes everything new for its node -- the
+leader's own appends, or the entries a follower lacks -- writes it with one
+sync, and records its vote; the commit index moves as soon as a quorum has
+voted, while slower nodes catch up on their own.
 
 Faults: ``crash(node)`` drops a node's memory (its unsynced entries are lost,
 as on power failure), ``restart(node)`` recovers it from its log file,
-``partition(nodes)``/``heal()`` cut the network, ``latency`` slows rounds.
+``partition(nodes)``/``heal()`` cut the network, ``latency`` delays every
+follower's replication step.
 
 Threads and locks: ``_lock`` guards the group state (roles, terms, match and
-commit indexes, proposals); ``_round_lock`` is held by whoever changes logs on
-disk (the driver's round, fault injection, compaction), so a crash never
-races a sync. Lock order: ``_round_lock`` before ``_lock``.
+commit indexes, proposals, which logs exist); ``_io[i]`` is held by whoever
+writes node i's log file (its replicator, fault injection, compaction), so a
+crash never races a sync. An election timer thread elects leaders. Lock
+order: ``_io[i]`` before ``_lock``.
 
-Deterministic mode (``deterministic=True``): no thread; time is a tick count,
-``tick()`` runs one round, and ``Proposal.wait`` ticks until the outcome is
-known. With a seed, the same calls give the same results.
+Deterministic mode (``deterministic=True``): no threads; time is a tick
+count, ``tick()`` runs the election timer and then every node's replicator
+once, in node order, and ``Proposal.wait`` ticks until the outcome is known.
+With a seed, the same calls give the same results.
 """
 
 from __future__ import annotations
@@ -72,14 +78,25 @@ class SnapshotNeeded(Exception):
         super().__init__(f"log starts after index {base_index}: install a snapshot")
 
 
+# What a follower needs this round: (node, its log, reset to (index, term),
+# truncate from index, entries to append).
+_Plan = tuple[int, NodeLog, tuple[int, int] | None, int | None, list[LogEntry]]
+
+
 class _Proposal:
-    __slots__ = ("_sim", "index", "outcome", "term")
+    __slots__ = ("_decided", "_sim", "index", "outcome", "term")
 
     def __init__(self, sim: SimulatedConsensus, index: int, term: int) -> None:
         self._sim = sim
         self.index = index
         self.term = term
         self.outcome: bool | None = None
+        self._decided = threading.Event()  # only this proposal's waiter wakes
+
+    def decide(self, outcome: bool | None) -> None:
+        """Record the outcome (None: the group closed undecided) and wake the waiter."""
+        self.outcome = outcome
+        self._decided.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         sim = self._sim
@@ -89,13 +106,7 @@ class _Proposal:
                     return self.outcome
                 sim.tick()
         else:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with sim._cv:
-                while self.outcome is None and not sim._closed:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        break
-                    sim._cv.wait(left)
+            self._decided.wait(timeout)
         if self.outcome is not None:
             return self.outcome
         raise AmbiguousCommit(f"entry {self.index} (term {self.term}): outcome unknown "
@@ -122,7 +133,12 @@ class SimulatedConsensus:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
-        self._round_lock = threading.Lock()
+        self._io = [threading.Lock() for _ in range(nodes)]
+        # Targeted wake-ups: each replicator has a work event, each node's
+        # appliers a condition on its commit index; _cv is for leadership waits.
+        self._work = [threading.Event() for _ in range(nodes)]
+        self._node_cv = [threading.Condition(self._lock) for _ in range(nodes)]
+        self._stopped = threading.Event()
         self._logs: list[NodeLog | None] = [self._open_log(i) for i in range(nodes)]
         self._alive = [True] * nodes
         self._groups: list[frozenset[int]] = [frozenset(range(nodes))]
@@ -137,12 +153,16 @@ class SimulatedConsensus:
         self._leaderless_since = self._now()
         self._closed = False
         self.elections = 0
-        self.rounds = 0
-        self._thread: threading.Thread | None = None
+        self.syncs = 0
+        self._threads: list[threading.Thread] = []
         if not deterministic:
-            self._thread = threading.Thread(target=self._drive, daemon=True,
-                                            name=f"stratakv-consensus:{path}")
-            self._thread.start()
+            self._threads.append(threading.Thread(target=self._election_timer, daemon=True,
+                                                  name=f"stratakv-elections:{path}"))
+            self._threads += [threading.Thread(target=self._replicator, args=(i,), daemon=True,
+                                               name=f"stratakv-replicator-{i}:{path}")
+                              for i in range(nodes)]
+            for t in self._threads:
+                t.start()
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -259,8 +279,9 @@ class SimulatedConsensus:
             lg.append([entry])
             p = _Proposal(self, entry.index, entry.term)
             self._proposals[entry.index] = p
-            self._cv.notify_all()
-            return p
+        for ev in self._work:
+            ev.set()
+        return p
 
     def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
                       ) -> list[LogEntry]:
@@ -282,7 +303,7 @@ class SimulatedConsensus:
             n = self._leader if node is None else node
             return n is not None and self._node_commit[n] >= index
         deadline = time.monotonic() + timeout
-        with self._cv:
+        with self._lock:
             while True:
                 n = self._leader if node is None else node
                 if n is not None and self._node_commit[n] >= index:
@@ -290,7 +311,7 @@ class SimulatedConsensus:
                 left = deadline - time.monotonic()
                 if left <= 0 or self._closed:
                     return False
-                self._cv.wait(left)
+                (self._cv if n is None else self._node_cv[n]).wait(left)
 
     def read_index(self, node: int, timeout: float) -> int:
         if self.latency and not self.deterministic:
@@ -311,18 +332,19 @@ class SimulatedConsensus:
                 self._cv.wait(left)
 
     def truncate_prefix(self, index: int) -> None:
-        with self._round_lock:
-            with self._lock:
-                targets = [(i, lg, min(index, self._node_commit[i]))
-                           for i, lg in enumerate(self._logs) if lg is not None]
-            for _, lg, upto in targets:
-                lg.compact(upto)
+        for i in range(self.nodes):
+            with self._io[i]:
+                with self._lock:
+                    lg = self._logs[i]
+                    upto = min(index, self._node_commit[i])
+                if lg is not None:
+                    lg.compact(upto)
 
     # -- fault injection -------------------------------------------------------------
 
     def crash(self, node: int) -> None:
         """Stop ``node``: its memory is lost, its log file keeps what was synced."""
-        with self._round_lock, self._cv:
+        with self._io[node], self._cv:
             lg = self._logs[node]
             if lg is None:
                 return
@@ -333,11 +355,11 @@ class SimulatedConsensus:
             if self._leader == node:
                 self._step_down("crashed")
             log.info("consensus: node %d crashed", node)
-            self._cv.notify_all()
+            self._notify_all()
 
     def restart(self, node: int) -> None:
         """Bring ``node`` back from its log file; it catches up from the leader."""
-        with self._round_lock:
+        with self._io[node]:
             if self._logs[node] is not None:
                 return
             lg = self._open_log(node)
@@ -349,58 +371,107 @@ class SimulatedConsensus:
                 self._term = max(self._term, lg.term)
                 log.info("consensus: node %d restarted at index %d term %d", node,
                          lg.last_index, lg.term)
-                self._cv.notify_all()
+                self._notify_all()
 
     def partition(self, nodes: Sequence[int]) -> None:
         """Cut ``nodes`` off from the others (both sides keep running)."""
         side = frozenset(nodes)
-        with self._round_lock, self._cv:
+        with self._cv:
             self._groups = [g for g in (side, frozenset(range(self.nodes)) - side) if g]
             log.info("consensus: partition %s", [sorted(g) for g in self._groups])
-            self._cv.notify_all()
+            self._notify_all()
 
     def heal(self) -> None:
-        with self._round_lock, self._cv:
+        with self._cv:
             self._groups = [frozenset(range(self.nodes))]
-            self._cv.notify_all()
+            self._notify_all()
 
     def set_latency(self, seconds: float) -> None:
         self.latency = seconds
 
-    # -- rounds ------------------------------------------------------------------------
+    # -- elections and replication -------------------------------------------------------
 
     def tick(self) -> None:
-        """Deterministic mode: advance logical time and run one round."""
+        """Deterministic mode: advance logical time, elect if due, run every replicator once."""
         self._ticks += 1
-        self._round()
+        with self._cv:
+            self._maybe_elect()
+        for node in range(self.nodes):
+            self._replicate_once(node)
 
-    def _drive(self) -> None:
-        idle_wait = min(0.05, self.election_delay / 4)
-        while True:
-            with self._cv:
-                if not self.closed and not self._has_work():
-                    self._cv.wait(idle_wait)
-                if self.closed:
-                    return
+    def _election_timer(self) -> None:
+        step = min(0.02, self.election_delay / 4)
+        while not self._stopped.wait(step):
+            with self._lock:
+                self._maybe_elect()
+
+    def _replicator(self, node: int) -> None:
+        work = self._work[node]
+        while not self.closed:
             try:
-                self._round()
+                work.clear()  # before looking, so that a wake-up during the step is kept
+                if not self._replicate_once(node):
+                    work.wait(0.05)
             except Exception:
-                log.exception("consensus round failed; retrying")
-                time.sleep(idle_wait)
+                log.exception("consensus: replication to node %d failed; retrying", node)
+                time.sleep(0.05)
 
-    def _has_work(self) -> bool:
-        """Is a round due now? Caller holds _lock."""
+    def _has_work(self, node: int) -> bool:
+        """Does ``node``'s log lag the leader's (or hold unsynced appends)? Holds _lock."""
         leader = self._leader
-        if leader is None:
-            due = self._now() - self._leaderless_since >= self.election_delay
-            return due and any(sum(self._alive[i] for i in g) >= self.quorum
-                               for g in self._groups)
-        if not self._has_quorum(leader):
+        lg = self._logs[node]
+        if leader is None or lg is None or not self._has_quorum(leader):
+            return False
+        if node == leader:
+            return self._match[node] < lg.last_index
+        if not self._reachable(leader, node):
+            return False
+        return self._match[node] < self._log(leader).last_index or lg.term < self._term
+
+    def _replicate_once(self, node: int) -> bool:
+        """Bring ``node``'s log in line with the leader's, sync it, count its vote.
+
+        Returns False when there was nothing to do.
+        """
+        with self._io[node]:
+            with self._lock:
+                if self._closed or not self._has_work(node):
+                    return False
+                leader = self._leader
+                assert leader is not None  # _has_work checked it
+                term = self._term
+                llog = self._log(leader)
+                nlog = self._log(node)
+                plan = None if node == leader else self._plan(llog, node)
+            if plan is not None:
+                _, _, reset, truncate_from, entries = plan
+                if self.latency and not self.deterministic:
+                    time.sleep(self.latency)
+                if reset is not None:
+                    log.info("consensus: node %d is behind the log prefix; reset to %d",
+                             node, reset[0])
+                    nlog.reset(*reset)
+                if nlog.term < term:
+                    nlog.set_term(term)
+                if truncate_from is not None:
+                    nlog.truncate(truncate_from)
+                if entries:
+                    nlog.append(entries)
+            synced = nlog.sync()
+            with self._cv:
+                self.syncs += 1
+                if self._leader == leader and self._term == term:
+                    self._match[node] = synced
+                    self._advance_commit(leader, term)
             return True
-        lg = self._log(leader)
-        last = lg.last_index
-        return any(self._match[i] < last for i in range(self.nodes)
-                   if i == leader or self._reachable(leader, i))
+
+    def _notify_all(self) -> None:
+        """Wake every waiter and replicator: leadership or membership changed. Holds _lock."""
+        self._cv.notify_all()
+        for cv in self._node_cv:
+            cv.notify_all()
+        for ev in self._work:
+            ev.set()
 
     def _step_down(self, why: str) -> None:
         """Caller holds _lock."""
@@ -409,7 +480,7 @@ class SimulatedConsensus:
         self._leaderless_since = self._now()
 
     def _maybe_elect(self) -> None:
-        """Caller holds _round_lock and _lock."""
+        """Step down a leader without a quorum; elect one when due. Holds _lock."""
         if self._leader is not None:
             if self._has_quorum(self._leader):
                 return
@@ -436,46 +507,9 @@ class SimulatedConsensus:
         self.elections += 1
         log.info("consensus: node %d elected leader for term %d (log %d/%d)", winner, self._term,
                  lg.last_index, lg.last_term)
+        self._notify_all()
 
-    def _round(self) -> None:
-        """Elect if needed, replicate to reachable followers, sync, advance the commit."""
-        with self._round_lock:
-            with self._lock:
-                if self._closed:
-                    return
-                self._maybe_elect()
-                leader = self._leader
-                if leader is None:
-                    return
-                term = self._term
-                llog = self._log(leader)
-                plans = [self._plan(llog, f) for f in range(self.nodes)
-                         if f != leader and self._reachable(leader, f)]
-            self.rounds += 1
-            synced = {leader: llog.sync()}
-            for f, flog, reset, truncate_from, entries in plans:
-                if self.latency and not self.deterministic:
-                    time.sleep(self.latency)
-                if reset is not None:
-                    log.info("consensus: node %d is behind the log prefix; reset to %d",
-                             f, reset[0])
-                    flog.reset(*reset)
-                if flog.term < term:
-                    flog.set_term(term)
-                if truncate_from is not None:
-                    flog.truncate(truncate_from)
-                if entries:
-                    flog.append(entries)
-                synced[f] = flog.sync()
-            with self._cv:
-                if self._leader != leader or self._term != term:
-                    return
-                for node, index in synced.items():
-                    self._match[node] = index
-                self._advance_commit(leader, term)
-
-    def _plan(self, llog: NodeLog, f: int
-              ) -> tuple[int, NodeLog, tuple[int, int] | None, int | None, list[LogEntry]]:
+    def _plan(self, llog: NodeLog, f: int) -> _Plan:
         """What follower ``f`` needs: (f, its log, reset, truncate_from, entries). Holds _lock."""
         flog = self._log(f)
         start = self._match[f]
@@ -500,10 +534,16 @@ class SimulatedConsensus:
         if matched > self._commit and llog.term_at(matched) == term:
             self._commit = matched
             self._resolve(llog)
-        self._node_commit[leader] = self._commit
         for f in range(self.nodes):
-            if f != leader and self._logs[f] is not None and self._reachable(leader, f):
-                self._node_commit[f] = max(self._node_commit[f], min(self._commit, self._match[f]))
+            if f == leader:
+                known = self._commit
+            elif self._logs[f] is not None and self._reachable(leader, f):
+                known = max(self._node_commit[f], min(self._commit, self._match[f]))
+            else:
+                continue
+            if known != self._node_commit[f]:
+                self._node_commit[f] = known
+                self._node_cv[f].notify_all()
         self._cv.notify_all()
 
     def _resolve(self, llog: NodeLog) -> None:
@@ -513,9 +553,9 @@ class SimulatedConsensus:
         for index in list(self._proposals):
             p = self._proposals[index]
             if index <= commit:
-                p.outcome = llog.term_at(index) == p.term
+                p.decide(llog.term_at(index) == p.term)
             elif committed_term > p.term:
-                p.outcome = False  # a later term committed below it: it can never commit
+                p.decide(False)  # a later term committed below it: it can never commit
             else:
                 continue
             del self._proposals[index]
@@ -527,10 +567,16 @@ class SimulatedConsensus:
             if self._closed:
                 return
             self._closed = True
-            self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-        with self._round_lock:
-            for lg in self._live_logs():
-                lg.sync()
-                lg.close()
+            self._notify_all()
+            for p in self._proposals.values():
+                p.decide(None)
+            self._proposals.clear()
+        self._stopped.set()
+        for t in self._threads:
+            t.join()
+        for i in range(self.nodes):
+            with self._io[i]:
+                lg = self._logs[i]
+                if lg is not None:
+                    lg.sync()
+                    lg.close()
