@@ -11,10 +11,10 @@ Grammar of an uncompressed block (little-endian; FORMAT.md has the prose)::
 
 Entries are sorted by (key ascending, sequence descending). There is no
 prefix compression: the block is lz4-compressed as a whole, and decoding must
-be a handful of C-level calls (``struct.unpack_from`` of the arrays and one
-list comprehension of slices) because Python pays per object created. A
-decoded :class:`Block` is what the block cache holds; ``bisect`` searches its
-key list directly.
+be a handful of C-level calls because Python pays per object created: the
+arrays are read in place through ``memoryview`` casts (little-endian hosts)
+and a point read slices only the keys its binary search probes. A decoded
+:class:`Block` is what the block cache holds.
 
 Pure module.
 """
@@ -22,7 +22,10 @@ Pure module.
 from __future__ import annotations
 
 import struct
+import sys
 from bisect import bisect_left
+from collections.abc import Sequence
+from itertools import chain
 
 from engine.encoding import Kind
 
@@ -85,9 +88,16 @@ class BlockBuilder:
 
 
 class Block:
-    """A decoded, immutable block: parallel arrays searched with ``bisect``."""
+    """A decoded, immutable block, searched in place.
 
-    __slots__ = ("_raw", "_value_ends", "_values_base", "keys", "tags")
+    Decoding does no per-entry work: the offset and tag arrays are
+    ``memoryview`` casts over the raw bytes (one C call each). A point lookup
+    binary-searches by slicing only the keys it probes; the full key list is
+    built on first use by a scan (:attr:`keys`) and then shared with later
+    lookups, which ``bisect`` it in C.
+    """
+
+    __slots__ = ("_key_ends", "_keys", "_raw", "_tags", "_value_ends", "_values_base")
 
     def __init__(self, raw: bytes) -> None:
         size = len(raw)
@@ -97,41 +107,69 @@ class Block:
         arrays = size - 8 - 16 * n
         if arrays < keys_len:
             raise BlockFormatError(f"block of {size} bytes cannot hold {n} entries")
-        key_ends = struct.unpack_from(f"<{n}I", raw, arrays)
-        value_ends = struct.unpack_from(f"<{n}I", raw, arrays + 4 * n)
-        if n and (key_ends[-1] != keys_len or keys_len + value_ends[-1] != arrays):
-            raise BlockFormatError("block offsets do not match its regions")
-        self.tags: tuple[int, ...] = struct.unpack_from(f"<{n}Q", raw, arrays + 8 * n)
-        self.keys: list[bytes] = [
-            raw[a:b] for a, b in zip((0, *key_ends), key_ends, strict=False)
-        ]
         self._raw = raw
-        self._value_ends = value_ends
+        self._key_ends, self._value_ends, self._tags = _arrays(raw, arrays, n)
+        if n and (self._key_ends[n - 1] != keys_len
+                  or keys_len + self._value_ends[n - 1] != arrays):
+            raise BlockFormatError("block offsets do not match its regions")
         self._values_base = keys_len
+        self._keys: list[bytes] | None = None
 
     def __len__(self) -> int:
-        return len(self.tags)
+        return len(self._tags)
 
     @property
     def charge(self) -> int:
         """Approximate heap bytes this decoded block holds (for the cache budget)."""
-        n = len(self.tags)
-        return len(self._raw) + 120 * n + 200
+        return len(self._raw) + 600 + (60 * len(self._tags) if self._keys is not None else 0)
+
+    @property
+    def keys(self) -> list[bytes]:
+        """Every key, in order (built once, on first use)."""
+        keys = self._keys
+        if keys is None:
+            raw = self._raw
+            ends = self._key_ends
+            keys = self._keys = [raw[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+        return keys
+
+    @property
+    def tags(self) -> Sequence[int]:
+        """``sequence << 8 | kind`` per entry."""
+        return self._tags
+
+    def key(self, i: int) -> bytes:
+        ends = self._key_ends
+        return self._raw[ends[i - 1] if i else 0 : ends[i]]
+
+    def find(self, key: bytes) -> int:
+        """Index of the first entry whose key is >= ``key``."""
+        if self._keys is not None:
+            return bisect_left(self._keys, key)
+        raw = self._raw
+        ends = self._key_ends
+        lo, hi = 0, len(ends)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if raw[ends[mid - 1] if mid else 0 : ends[mid]] < key:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
 
     def value(self, i: int) -> bytes | None:
-        if not self.tags[i] & 0xFF:
+        if not self._tags[i] & 0xFF:
             return None
         base = self._values_base
-        start = base + (self._value_ends[i - 1] if i else 0)
-        return self._raw[start : base + self._value_ends[i]]
+        ends = self._value_ends
+        return self._raw[base + (ends[i - 1] if i else 0) : base + ends[i]]
 
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
         """Newest version of ``key`` with sequence <= ``seq`` in this block, or None."""
-        keys = self.keys
-        i = bisect_left(keys, key)
-        n = len(keys)
-        tags = self.tags
-        while i < n and keys[i] == key:
+        i = self.find(key)
+        n = len(self._tags)
+        tags = self._tags
+        while i < n and self.key(i) == key:
             tag = tags[i]
             if tag >> 8 <= seq:
                 return tag >> 8, self.value(i)
@@ -140,7 +178,35 @@ class Block:
 
     def entries(self, start: int, stop: int) -> list[Entry]:
         """Entries ``start:stop`` as (key, -sequence, value) tuples."""
-        keys = self.keys
-        tags = self.tags
-        value = self.value
-        return [(keys[i], -(tags[i] >> 8), value(i)) for i in range(start, stop)]
+        raw = self._raw
+        kends = self._key_ends
+        vends = self._value_ends
+        tags = self._tags
+        base = self._values_base
+        out: list[Entry] = []
+        append = out.append
+        ka = kends[start - 1] if start else 0
+        va = base + (vends[start - 1] if start else 0)
+        for i in range(start, stop):
+            kb = kends[i]
+            vb = base + vends[i]
+            tag = tags[i]
+            append((raw[ka:kb], -(tag >> 8), raw[va:vb] if tag & 0xFF else None))
+            ka = kb
+            va = vb
+        return out
+
+
+_Arrays = tuple[Sequence[int], Sequence[int], Sequence[int]]
+
+if sys.byteorder == "little":
+    def _arrays(raw: bytes, at: int, n: int) -> _Arrays:
+        """key_ends, value_ends and tags, read in place."""
+        mv = memoryview(raw)
+        return (mv[at : at + 4 * n].cast("I"), mv[at + 4 * n : at + 8 * n].cast("I"),
+                mv[at + 8 * n : at + 16 * n].cast("Q"))
+else:  # pragma: no cover - big-endian hosts decode into tuples
+    def _arrays(raw: bytes, at: int, n: int) -> _Arrays:
+        return (struct.unpack_from(f"<{n}I", raw, at),
+                struct.unpack_from(f"<{n}I", raw, at + 4 * n),
+                struct.unpack_from(f"<{n}Q", raw, at + 8 * n))

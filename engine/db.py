@@ -665,13 +665,7 @@ class Engine:
         sv = self._sv
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
-        return self._guarded(scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse))
-
-    def _guarded(self, items: Iterator[tuple[bytes, bytes]]) -> Iterator[tuple[bytes, bytes]]:
-        for i, item in enumerate(items):
-            if not i & 63 and self._closed:
-                raise ClosedError(f"engine at {self.path} closed during a scan")
-            yield item
+        return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open)
 
     @staticmethod
     def _cursors(sv: _SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
@@ -1039,8 +1033,9 @@ class Engine:
         with self._compaction_lock:  # no table is deleted while it is re-read by path
             with self._mutex:
                 sv = self._sv
-                tables = [self._tables[f.number] for _, f in sv.version.files()]
-            return verify_store(self._fs, self.path, tables, self.options.num_levels)
+                tables = [(f, self._tables[f.number]) for _, f in sv.version.files()]
+                log_number = (sv.imms[-1] if sv.imms else sv.mem).wal_number
+            return verify_store(self._fs, self.path, tables, self.options.num_levels, log_number)
 
     def close(self) -> None:
         """Finish queued writes, stop background work, sync the WAL, release the directory."""

@@ -21,7 +21,7 @@ Pure module apart from the memtable cursor taking the memtable's lock.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 from engine.memtable import Entry, MemTable
@@ -102,42 +102,48 @@ class LevelCursor:
 
 
 def merged_chunks(cursors: Sequence[Cursor], reverse: bool) -> Iterator[list[Entry]]:
-    """Merge cursors into key-complete chunks, each sorted in internal-key order."""
-    live: list[tuple[list[Entry], Cursor]] = []
-    for c in cursors:
-        chunk = c.next_chunk()
-        if chunk:
-            live.append((chunk, c))
-    while live:
+    """Merge cursors into key-complete chunks, each sorted in internal-key order.
+
+    A cursor is asked for more only when the next chunk is requested, so a
+    consumer that stops early (a 100-key scan) decodes little beyond what it
+    used.
+    """
+    live: list[tuple[list[Entry], Cursor]] = [([], c) for c in cursors]
+    while True:
+        refilled: list[tuple[list[Entry], Cursor]] = []
+        for chunk, c in live:
+            if not chunk:
+                chunk = c.next_chunk()
+                if not chunk:
+                    continue  # exhausted
+            refilled.append((chunk, c))
+        live = refilled
+        if not live:
+            return
         if len(live) == 1:
             chunk, c = live[0]
+            live = [([], c)]
             yield chunk
-            nxt = c.next_chunk()
-            live = [(nxt, c)] if nxt else []
             continue
         taken: list[Entry] = []
-        keep: list[tuple[list[Entry], Cursor]] = []
+        rests: list[tuple[list[Entry], Cursor]] = []
         if reverse:
             bound = max(chunk[0][0] for chunk, _ in live)
             probe: tuple[bytes, int] = (bound, -_MAX_NEGSEQ)
             for chunk, c in live:
                 j = bisect_left(chunk, probe)
                 taken += chunk[j:]
-                rest = chunk[:j] if j else c.next_chunk()
-                if rest:
-                    keep.append((rest, c))
+                rests.append((chunk[:j], c))
         else:
             bound = min(chunk[-1][0] for chunk, _ in live)
             probe = (bound, _MAX_NEGSEQ)
             for chunk, c in live:
                 j = bisect_right(chunk, probe)
                 taken += chunk[:j]
-                rest = chunk[j:] if j < len(chunk) else c.next_chunk()
-                if rest:
-                    keep.append((rest, c))
+                rests.append((chunk[j:], c))
+        live = rests
         taken.sort()
         yield taken
-        live = keep
 
 
 def visible(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
@@ -153,10 +159,15 @@ def visible(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def scan_items(cursors: Sequence[Cursor], seq: int, reverse: bool
-               ) -> Iterator[tuple[bytes, bytes]]:
-    """Visible (key, value) pairs from ``cursors`` at ``seq``, in scan order."""
+def scan_items(cursors: Sequence[Cursor], seq: int, reverse: bool,
+               check: Callable[[], None] | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Visible (key, value) pairs from ``cursors`` at ``seq``, in scan order.
+
+    ``check`` runs before each chunk (the engine raises there once closed).
+    """
     for chunk in merged_chunks(cursors, reverse):
+        if check is not None:
+            check()
         items = visible(chunk, seq)
         if reverse:
             items.reverse()

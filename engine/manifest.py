@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 
 from engine.encoding import FileKind, RecordTag, crc, file_name, mask_crc, parse_file_name
-from engine.errors import CorruptionError
+from engine.errors import CorruptionError, InvalidArgument
 from engine.fs import FileSystem
 from engine.logfile import LogFile, read_log_file
 from engine.version import Version, VersionEdit
@@ -94,6 +94,10 @@ class Manifest:
             if not payload or payload[0] != RecordTag.VERSION_EDIT:
                 raise CorruptionError(path, offset, "record is not a version edit")
             edit = VersionEdit.decode(payload[1:], path=path, offset=offset)
+            deepest = max((level for level, _ in edit.added), default=0)
+            if deepest >= num_levels:
+                raise InvalidArgument(f"{path} has a table at level {deepest}; open the store "
+                                      f"with num_levels > {deepest} (got {num_levels})")
             try:
                 version = version.apply(edit)
             except ValueError as exc:

@@ -51,6 +51,8 @@ _FOOTER_HEAD = struct.Struct("<QIQIQII")  # the 40 bytes the footer CRC covers
 _HANDLE = struct.Struct("<QI")
 _BLOCK_TRAILER = 5
 RAW, LZ4 = 0, 1
+_FIRST_CHUNK = 16
+_MAX_CHUNK = 1 << 16
 
 Entry = tuple[bytes, int, bytes | None]
 
@@ -213,12 +215,23 @@ def _encode_properties(p: TableProperties) -> bytes:
 class Table:
     """An open table: footer, index and filter in memory, data blocks via the cache."""
 
-    __slots__ = ("_cache", "_file", "_filter", "_handles", "_index_keys", "path", "props")
+    __slots__ = ("_cache", "_cache_base", "_file", "_filter", "_handles", "_index_keys", "path",
+                 "props")
 
     def __init__(self, fs: FileSystem, path: str, number: int, cache: LRUCache[Block]) -> None:
         self.path = path
         self._file = fs.open_read(path)
         self._cache = cache
+        self._cache_base = number << 40
+        try:
+            self._load(number)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _load(self, number: int) -> None:
+        """Read and check footer, index, filter and properties."""
+        path = self.path
         size = self._file.size()
         if size < FOOTER_SIZE:
             raise CorruptionError(path, 0, f"file of {size} bytes is too short for a table")
@@ -286,7 +299,7 @@ class Table:
     def block(self, i: int) -> Block:
         """Data block ``i``, decoded, through the shared cache."""
         offset, size = self._handles[i]
-        ckey = self.props.number << 40 | offset
+        ckey = self._cache_base | offset
         blk = self._cache.get(ckey)
         if blk is None:
             blk = self._decode(offset, size, "data")
@@ -354,21 +367,26 @@ def _decode_properties(
 
 
 class TableCursor:
-    """Walks a key range ``[lo, hi)`` of a table one block at a time.
+    """Walks a key range ``[lo, hi)`` of a table, a slice of a block at a time.
 
-    ``next_chunk()`` returns the next block's entries inside the range in
-    internal-key order (an ascending list even when ``reverse``: chunks then
-    come from the last block backwards), or ``[]`` when done. Each chunk is
-    key-complete by invariant 2.
+    ``next_chunk()`` returns the next entries inside the range in internal-key
+    order (an ascending list even when ``reverse``: chunks then come from the
+    end backwards), or ``[]`` when done. Chunks start small and double, so a
+    short scan decodes little more than it returns; each chunk is extended to
+    hold every version of its boundary key (key-complete).
     """
 
-    __slots__ = ("_bi", "_done", "_hi", "_lo", "_reverse", "_table")
+    __slots__ = ("_bi", "_blk", "_done", "_hi", "_hi_i", "_limit", "_lo", "_lo_i", "_reverse",
+                 "_table")
 
     def __init__(self, table: Table, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
         self._table = table
         self._lo = lo
         self._hi = hi
         self._reverse = reverse
+        self._blk: Block | None = None
+        self._lo_i = self._hi_i = 0
+        self._limit = _FIRST_CHUNK
         n = table.num_blocks
         self._done = n == 0
         if reverse:
@@ -379,18 +397,42 @@ class TableCursor:
 
     def next_chunk(self) -> list[Entry]:
         while not self._done:
-            blk = self._table.block(self._bi)
-            keys = blk.keys
-            start = 0 if self._lo is None else bisect_left(keys, self._lo)
-            stop = len(keys) if self._hi is None else bisect_left(keys, self._hi)
+            blk = self._blk
+            if blk is None:
+                blk = self._blk = self._table.block(self._bi)
+                self._lo_i = 0 if self._lo is None else blk.find(self._lo)
+                self._hi_i = len(blk) if self._hi is None else blk.find(self._hi)
+            lo_i, hi_i = self._lo_i, self._hi_i
+            if lo_i >= hi_i:
+                self._next_block(blk)
+                continue
+            limit = self._limit
+            self._limit = min(2 * limit, _MAX_CHUNK)
             if self._reverse:
-                self._bi -= 1
-                if start > 0 or self._bi < 0:
-                    self._done = True
+                start = max(lo_i, hi_i - limit)
+                while start > lo_i and blk.key(start - 1) == blk.key(start):
+                    start -= 1
+                self._hi_i = start
+                chunk = blk.entries(start, hi_i)
             else:
-                self._bi += 1
-                if stop < len(keys) or self._bi >= self._table.num_blocks:
-                    self._done = True
-            if start < stop:
-                return blk.entries(start, stop)
+                end = min(hi_i, lo_i + limit)
+                while end < hi_i and blk.key(end) == blk.key(end - 1):
+                    end += 1
+                self._lo_i = end
+                chunk = blk.entries(lo_i, end)
+            if self._lo_i >= self._hi_i:
+                self._next_block(blk)
+            return chunk
         return []
+
+    def _next_block(self, blk: Block) -> None:
+        """Move past ``blk``, or finish if the range ends in it."""
+        self._blk = None
+        if self._reverse:
+            self._bi -= 1
+            if self._lo_i > 0 or self._bi < 0:
+                self._done = True
+        else:
+            self._bi += 1
+            if self._hi_i < len(blk) or self._bi >= self._table.num_blocks:
+                self._done = True

@@ -117,20 +117,19 @@ class Cluster:
 
     def leader(self, timeout: float | None = None) -> Node:
         """The ready leader, waiting up to ``timeout`` for one; Unavailable if none appears."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        clock = self.consensus.now
+        deadline = clock() + (self.timeout if timeout is None else timeout)
         while True:
             lid = self.consensus.leader_id
             if lid is not None and self.consensus.leader_ready(lid) and self.nodes[lid].alive:
                 return self.nodes[lid]
-            if self.deterministic:
-                self.step()
-                if time.monotonic() > deadline and lid is None:
-                    raise Unavailable("no leader could be elected")
-                continue
-            if time.monotonic() > deadline:
+            if clock() > deadline:
                 raise Unavailable(f"no leader within {self.timeout}s: "
                                   f"{self.alive_count()} of {len(self.nodes)} nodes are up")
-            time.sleep(0.005)
+            if self.deterministic:
+                self.step()
+            else:
+                time.sleep(0.005)
 
     def alive_count(self) -> int:
         return sum(node.alive for node in self.nodes)
@@ -162,7 +161,8 @@ class Cluster:
 
     def wait_converged(self, timeout: float = 10.0) -> bool:
         """Wait until every running replica has applied the whole committed log."""
-        deadline = time.monotonic() + timeout
+        clock = self.consensus.now
+        deadline = clock() + timeout
         while True:
             if self.deterministic:
                 self.step()
@@ -171,7 +171,7 @@ class Cluster:
             if all(self.consensus.node_commit_index(n.id) >= target and n.applied >= target
                    for n in running):
                 return True
-            if time.monotonic() > deadline:
+            if clock() > deadline:
                 return False
             if not self.deterministic:
                 time.sleep(0.01)

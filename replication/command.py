@@ -11,18 +11,12 @@ transaction in the log. Pure module.
 
 from __future__ import annotations
 
-import os
-
 from engine.batch import WriteBatch, encode_ops
 from engine.errors import CorruptionError
 
-__all__ = ["decode_command", "encode_command", "new_txn_id"]
+__all__ = ["decode_command", "encode_command"]
 
 VERSION = 1
-
-
-def new_txn_id() -> bytes:
-    return os.urandom(16)
 
 
 def encode_command(txn_id: bytes, ops: dict[bytes, bytes | None]) -> bytes:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,7 +37,7 @@ import engine
 from engine.fs import FileSystem
 from engine.ssi import Certifier, TxnState
 from engine.txn import Transaction
-from replication.command import decode_command, encode_command, new_txn_id
+from replication.command import decode_command, encode_command
 from replication.consensus import Proposal
 from replication.errors import AmbiguousCommit, NotLeader, Unavailable
 from replication.simulated import SimulatedConsensus, SnapshotNeeded
@@ -298,7 +297,7 @@ class LeaderTransactions:
         index = self._consensus.read_index(node.id, node.timeout)
         if not node.wait_applied(index, node.timeout):
             raise Unavailable(f"node {node.id} did not apply index {index} in time")
-        now = time.monotonic()
+        now = self._consensus.now()
         with self._lock:
             self._check()
             snap = self._engine.snapshot()
@@ -316,14 +315,14 @@ class LeaderTransactions:
 
     def read(self, state: TxnState, key: bytes) -> bytes | None:
         with self._lock:
-            self._certifier.on_read(state, key, time.monotonic())
+            self._certifier.on_read(state, key, self._consensus.now())
             snap = self._snapshots[state.txn_id]
         return snap.get(key)
 
     def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
              ) -> Iterator[tuple[bytes, bytes]]:
         with self._lock:
-            self._certifier.on_scan(state, lo, hi, time.monotonic())
+            self._certifier.on_scan(state, lo, hi, self._consensus.now())
             snap = self._snapshots[state.txn_id]
         return snap.scan(lo, hi, reverse=reverse)
 
@@ -340,12 +339,12 @@ class LeaderTransactions:
         try:
             if not ops:
                 with self._lock:
-                    self._certifier.certify(state, (), None, time.monotonic())
+                    self._certifier.certify(state, (), None, self._consensus.now())
                     self._certifier.committed(state)
                 return None
 
             def certify(seq: int) -> list[TxnState]:
-                self._certifier.certify(state, ops, seq, time.monotonic())
+                self._certifier.certify(state, ops, seq, self._consensus.now())
                 return [state]
 
             return self._propose(ops, certify)
@@ -359,7 +358,7 @@ class LeaderTransactions:
         """A blind write (put/delete): never conflicts, but is recorded for running transactions."""
         def record(seq: int) -> list[TxnState]:
             if self._certifier.tracking:
-                return [self._certifier.record_blind_write(ops, seq, time.monotonic())]
+                return [self._certifier.record_blind_write(ops, seq, self._consensus.now())]
             self._unregistered[seq] = ops
             return []
 
@@ -367,7 +366,7 @@ class LeaderTransactions:
 
     def _propose(self, ops: Ops, certify: Callable[[int], list[TxnState]]) -> int:
         """Certify and submit in one critical section; wait outside; settle the certifier."""
-        payload = encode_command(new_txn_id(), ops)
+        payload = encode_command(self._consensus.random_id(), ops)
         c = self._consensus
         with self._lock:
             self._check()

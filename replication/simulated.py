@@ -50,10 +50,11 @@ With a seed, the same calls give the same results.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sortedcontainers import SortedDict
 
@@ -150,10 +151,11 @@ class SimulatedConsensus:
         self._match = [0] * nodes
         self._proposals: SortedDict[int, _Proposal] = SortedDict()
         self._ticks = 0
-        self._leaderless_since = self._now()
+        self._leaderless_since = self.now()
         self._closed = False
         self.elections = 0
         self.syncs = 0
+        self.before_tick: Callable[[], None] | None = None
         self._threads: list[threading.Thread] = []
         if not deterministic:
             self._threads.append(threading.Thread(target=self._election_timer, daemon=True,
@@ -178,10 +180,22 @@ class SimulatedConsensus:
             raise NotLeader(f"node {node} is down")
         return lg
 
-    def _now(self) -> float:
+    def now(self) -> float:
+        """The group's clock: seconds, or in deterministic mode ticks x election_delay / 4.
+
+        Everything that times out in a deterministic cluster (elections, client
+        retries, transaction age) reads this clock, so a run depends only on
+        its seed and calls, never on how fast the machine is.
+        """
         if self.deterministic:
             return self._ticks * self.election_delay / 4
         return time.monotonic()
+
+    def random_id(self) -> bytes:
+        """16 random bytes; drawn from the seeded generator in deterministic mode."""
+        if self.deterministic:
+            return self._rng.randbytes(16)
+        return os.urandom(16)
 
     def _group_of(self, node: int) -> frozenset[int]:
         return next(g for g in self._groups if node in g)
@@ -237,6 +251,15 @@ class SimulatedConsensus:
 
     def node_commit_index(self, node: int) -> int:
         return self._node_commit[node]
+
+    def committed_entries(self, node: int) -> tuple[int, list[LogEntry]]:
+        """(base index, entries up to ``node``'s commit index) as ``node`` holds them."""
+        with self._lock:
+            lg = self._logs[node]
+            if lg is None:
+                return 0, []
+            return lg.base_index, lg.slice(lg.base_index + 1, self._node_commit[node])
+
 
     def is_alive(self, node: int) -> bool:
         return self._alive[node]
@@ -392,7 +415,13 @@ class SimulatedConsensus:
     # -- elections and replication -------------------------------------------------------
 
     def tick(self) -> None:
-        """Deterministic mode: advance logical time, elect if due, run every replicator once."""
+        """Deterministic mode: advance logical time, elect if due, run every replicator once.
+
+        ``before_tick``, if set, runs first: a simulation injects faults there,
+        so that they land while a client is waiting for its proposal.
+        """
+        if self.before_tick is not None:
+            self.before_tick()
         self._ticks += 1
         with self._cv:
             self._maybe_elect()
@@ -477,7 +506,7 @@ class SimulatedConsensus:
         """Caller holds _lock."""
         log.info("consensus: leader %s of term %d steps down (%s)", self._leader, self._term, why)
         self._leader = None
-        self._leaderless_since = self._now()
+        self._leaderless_since = self.now()
 
     def _maybe_elect(self) -> None:
         """Step down a leader without a quorum; elect one when due. Holds _lock."""
@@ -485,7 +514,7 @@ class SimulatedConsensus:
             if self._has_quorum(self._leader):
                 return
             self._step_down("lost its quorum")
-        if self._now() - self._leaderless_since < self.election_delay:
+        if self.now() - self._leaderless_since < self.election_delay:
             return
         group = next((g for g in self._groups
                       if sum(self._alive[i] for i in g) >= self.quorum), None)

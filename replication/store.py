@@ -24,12 +24,13 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from engine.errors import SerializationFailure
 from engine.txn import Transaction
 from replication.cluster import Cluster
 from replication.errors import NotLeader, Unavailable
+from replication.node import Node
 
 __all__ = ["KeyValueStore", "StoreTransaction"]
 
@@ -105,15 +106,16 @@ class KeyValueStore:
         self.timeout = cluster.timeout if timeout is None else timeout
         self._owns = owns_cluster
 
-    def _on_leader(self, fn: Callable[[Any], T]) -> T:
+    def _on_leader(self, fn: Callable[[Node], T]) -> T:
         """Run ``fn(leader_node)``, retrying on leader changes until the timeout."""
-        deadline = time.monotonic() + self.timeout
+        clock = self.cluster.consensus.now
+        deadline = clock() + self.timeout
         delay = 0.002
         while True:
             try:
-                return fn(self.cluster.leader(max(0.0, deadline - time.monotonic())))
+                return fn(self.cluster.leader(max(0.0, deadline - clock())))
             except (NotLeader, Unavailable) as exc:
-                if time.monotonic() >= deadline:
+                if clock() >= deadline:
                     if isinstance(exc, Unavailable):
                         raise
                     raise Unavailable(f"no leader could serve the request within "
@@ -124,14 +126,18 @@ class KeyValueStore:
                     time.sleep(random.uniform(0, delay))
                 delay = min(delay * 2, 0.05)
 
-    def put(self, key: str, value: str) -> None:
-        """Set ``key`` to ``value``; returns once committed and applied on the leader."""
-        k, v = _key(key), _key(value, "value")
-        self._on_leader(lambda node: node.transactions().write({k: v}))
+    def put(self, key: str, value: str) -> int:
+        """Set ``key`` to ``value``; return the log index it committed at.
 
-    def delete(self, key: str) -> None:
+        Returns once the write is committed and applied on the leader.
+        """
+        k, v = _key(key), _key(value, "value")
+        return self._on_leader(lambda node: node.transactions().write({k: v}))
+
+    def delete(self, key: str) -> int:
+        """Remove ``key``; return the log index the deletion committed at."""
         k = _key(key)
-        self._on_leader(lambda node: node.transactions().write({k: None}))
+        return self._on_leader(lambda node: node.transactions().write({k: None}))
 
     def get(self, key: str) -> str | None:
         """The latest committed value of ``key`` (linearizable)."""

@@ -399,7 +399,7 @@ def test_lru_cache_matches_model_and_stays_bounded(
 
 
 def test_lru_evicts_least_recently_used_first() -> None:
-    """A get refreshes an entry, so the oldest untouched entry is evicted first."""
+    """CLOCK: a hit gives an entry a second chance, so the oldest untouched one goes first."""
     cache: LRUCache[str] = LRUCache(300)
     cache.put(1, "a", 100)
     cache.put(2, "b", 100)
