@@ -6,6 +6,10 @@ if len(sys.argv) > 1 and sys.argv[1] == "crash":
     from bench.crash import main as crash_main
 
     sys.exit(crash_main(sys.argv[2:]))
+if len(sys.argv) > 1 and sys.argv[1] == "txn":
+    from bench.txn import main as txn_main
+
+    sys.exit(txn_main(sys.argv[2:]))
 
 from bench.cli import main
 

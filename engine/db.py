@@ -251,6 +251,7 @@ class Engine:
         self._mutex = threading.Lock()
         self._bg_cv = threading.Condition(self._mutex)  # versions, memtables, errors changed
         self._idle_cv = threading.Condition(self._mutex)  # the writer queue became empty
+        self._visible_cv = threading.Condition(self._mutex)  # _visible_seq moved
         self._manifest_lock = threading.Lock()
         self._compaction_lock = threading.Lock()
         self._writers: deque[_Writer] = deque()
@@ -517,8 +518,10 @@ class Engine:
             if error is not None:
                 log.error("%s: %s; the engine is now read-only", self.path, error)
                 self._bg_error = error
+                self._visible_cv.notify_all()
             else:
                 self._visible_seq = batches[-1][0]
+                self._visible_cv.notify_all()
                 self._stats["writes"] += len(batches)
                 self._stats["write_groups"] += 1
                 self._stats["user_bytes_written"] += size
@@ -720,6 +723,12 @@ class Engine:
         """
         with self._mutex:
             self._check_writable() if not read_only else self._check_open()
+            # Commits already certified are waiting only for their WAL write:
+            # start after them (at most one group commit), or this transaction
+            # would read around them and conflict with them.
+            target = self._last_seq
+            while self._visible_seq < target and self._bg_error is None:
+                self._visible_cv.wait()
             seq = self._visible_seq
             now = time.monotonic()
             self._certifier.expire(now)

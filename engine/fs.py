@@ -392,7 +392,8 @@ class MemFS(FileSystem):
 
     @staticmethod
     def _norm(path: str) -> str:
-        return posixpath.normpath("/" + path)
+        # One leading slash: normpath keeps POSIX's implementation-defined "//".
+        return posixpath.normpath("/" + path.lstrip("/"))
 
     def join(self, *parts: str) -> str:
         return posixpath.join(*parts)

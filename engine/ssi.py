@@ -328,11 +328,16 @@ class Certifier:
 
     @staticmethod
     def _concurrent_reader(r: TxnState, w: TxnState) -> bool:
-        """Is reader ``r`` concurrent with ``w``, which is certifying right now?"""
+        """Is reader ``r`` concurrent with ``w``, which is certifying right now?
+
+        Yes if r is still running, if r certified after w began, or if r's
+        writes are not in w's snapshot -- r may have certified before w began
+        and still be PENDING (its WAL write or log entry in flight) then.
+        """
         if r.status is Status.ABORTED:
             return False
-        # r is still running, or it committed after w began.
-        return r.status is Status.ACTIVE or r.commit_stamp > w.begin_stamp
+        return (r.status is Status.ACTIVE or r.commit_stamp > w.begin_stamp
+                or (r.commit_seq is not None and r.commit_seq > w.snapshot))
 
     def _read_edge(self, r: TxnState, w: TxnState) -> None:
         """``r`` (active, reading now) missed certified ``w``'s write: add ``r -rw-> w``.

@@ -698,3 +698,23 @@ def test_occ_aborts_where_ssi_does_not() -> None:
         except SerializationFailure as exc:
             outcomes[isolation] = exc.reason
     assert outcomes == {"ssi": "commit", "occ": "stale_read"}
+
+
+def test_write_skew_with_a_pending_first_committer_is_prevented() -> None:
+    """T1 certified but not yet visible when T2 begins: still concurrent, write skew aborts.
+
+    Regression: concurrency was decided by certification order alone, so a T1
+    that certified before T2 began did not count as concurrent although T2's
+    snapshot could not see it (T1's WAL write was still in flight).
+    """
+    c = Certifier()
+    t1 = c.begin(0, NOW)
+    c.on_read(t1, b"d0", NOW)
+    c.on_read(t1, b"d1", NOW)
+    c.certify(t1, [b"d0"], 1, NOW)  # PENDING: not visible to new snapshots
+    t2 = c.begin(0, NOW)  # reads at 0: does not see T1
+    c.on_read(t2, b"d0", NOW)  # T2 -rw-> T1
+    c.on_read(t2, b"d1", NOW)
+    with pytest.raises(SerializationFailure) as err:
+        c.certify(t2, [b"d1"], 2, NOW)  # T1 -rw-> T2 closes the cycle
+    assert err.value.reason == "dangerous_structure"

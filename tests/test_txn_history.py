@@ -401,3 +401,41 @@ def test_doctors_on_call_never_all_off(seed: int) -> None:
             "no write skew was attempted: the workload did not overlap")
     finally:
         db.close()
+
+
+
+
+def test_begin_waits_for_certified_commits_to_become_visible() -> None:
+    """A transaction begun while an earlier commit waits for its fsync starts after it.
+
+    So it cannot read around a certified commit (and conflict with it); the
+    write-skew interleaving this once let through (see test_ssi's
+    test_write_skew_with_a_pending_first_committer_is_prevented) cannot arise.
+    """
+    fs = engine.MemFS()
+    db = engine.open("/db", fs=fs, sync="always")
+    db.put(b"d0", b"on")
+    db.put(b"d1", b"on")
+    release = threading.Event()
+    fs.set_fault(lambda op, path: release.wait(10) if op == "sync" else None)
+    t1 = db.begin()
+    t1.get(b"d0")
+    t1.get(b"d1")
+    t1.put(b"d0", b"off")
+    c1 = threading.Thread(target=t1.commit)
+    c1.start()
+    while db.stats()["txn_commits"] == 0:  # T1 certified; its fsync is blocked
+        time.sleep(0.001)
+    began: list[engine.Transaction] = []
+    b2 = threading.Thread(target=lambda: began.append(db.begin()))
+    b2.start()
+    time.sleep(0.05)
+    assert not began, "begin() did not wait for the certified commit"
+    release.set()
+    c1.join()
+    b2.join()
+    fs.set_fault(None)
+    t2 = began[0]
+    assert (t2.get(b"d0"), t2.get(b"d1")) == (b"off", b"on")
+    t2.rollback()
+    db.close()
