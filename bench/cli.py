@@ -29,7 +29,7 @@ SUITES = {
 
 def _child(workload: str, system: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
     """Run one workload on one system (in a fresh process); return the raw measurement."""
-    config = Config(**cfg)
+    config = Config(**{**cfg, "path": path})
     factory = SYSTEMS[system]
 
     def make(durable: bool, **options: Any) -> Any:

@@ -37,6 +37,7 @@ class Config:
     suite: str = "quick"
     op_delay_ms: float = 0.2
     scale: float = 1.0
+    path: str = ""  # the workload's scratch directory (set by the runner)
 
     def n(self, quick: int) -> int:
         """Operation count for a workload whose quick-suite size is ``quick``."""
@@ -268,6 +269,35 @@ def scan100(make: MakeSystem, cfg: Config) -> Measurement:
                        extra={"scans": len(starts), "scans_per_s": len(starts) / seconds})
 
 
+def _extra_workloads() -> list[Workload]:
+    """Workloads defined in modules that import this one (YCSB, cluster, transactions)."""
+    from bench.cluster_bench import cluster_failover, cluster_get, cluster_put
+    from bench.txn import txn_workload
+    from bench.ycsb import ycsb
+
+    return [
+        Workload("ycsb_a", "YCSB A: 50% reads / 50% durable updates, zipfian, --threads",
+                 ycsb("a")),
+        Workload("ycsb_b", "YCSB B: 95% reads / 5% durable updates, zipfian", ycsb("b")),
+        Workload("ycsb_c", "YCSB C: reads only, zipfian", ycsb("c")),
+        Workload("ycsb_f", "YCSB F: read-modify-write (read, then durable update), zipfian",
+                 ycsb("f")),
+        *[Workload(f"txn_{name.replace('-', '_')}_{iso}",
+                   f"{name} transactions, {iso.upper()}, 16 threads, 0.2 ms think time, durable",
+                   txn_workload(name, iso), unit="commits/s", peers=False)
+          for name in ("bank", "read-mostly", "write-skew", "hot-spot") for iso in ("ssi", "occ")],
+        Workload("cluster_put1", "3-node cluster: durable puts, 1 thread", cluster_put(1, 1_000),
+                 peers=False),
+        Workload("cluster_put16", "3-node cluster: durable puts, 16 threads",
+                 cluster_put(16, 6_400), peers=False),
+        Workload("cluster_get", "3-node cluster: linearizable gets (read index), 1 thread",
+                 cluster_get, peers=False),
+        Workload("cluster_failover", "3-node cluster: leader crash -> first successful put "
+                                     "(latency = failover time)", cluster_failover,
+                 unit="failovers/s", peers=False),
+    ]
+
+
 WORKLOADS: dict[str, Workload] = {
     w.name: w for w in [
         Workload("fillsync1", "durable single-key puts, 1 thread", fillsync(1, 2_000)),
@@ -281,5 +311,6 @@ WORKLOADS: dict[str, Workload] = {
         Workload("readmissing", "random gets of absent keys after load and reopen", readmissing),
         Workload("scan100", "100-key range scans from random keys, after reopen", scan100,
                  unit="keys/s"),
+        *_extra_workloads(),
     ]
 }

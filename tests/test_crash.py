@@ -47,3 +47,21 @@ def test_cli_rejects_bad_arguments() -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "--duration" in proc.stderr
+
+
+@pytest.mark.slow
+def test_kill_minus_nine_of_a_cluster_loses_no_acknowledged_transaction(
+        tmp_path: object, seed: int) -> None:
+    """A 3-node cluster process (crashing its own nodes too) killed 20+ times loses nothing.
+
+    Replica engines keep no WAL: what a kill erases from their memtables must
+    come back from the consensus log.
+    """
+    path = os.path.join(str(tmp_path), "cluster")
+    lines: list[str] = []
+    tally = crash.run_engine(path, seed=seed, duration=90, kill_interval=0.4, threads=3,
+                             max_kills=20, log=lines.append, target="cluster")
+    print("\n".join(lines[-3:]))
+    assert not tally.violations, f"seed {seed}: {tally.violations[:5]}"
+    assert tally.kills >= 20, f"only {tally.kills} kills in the time budget"
+    assert tally.acks > 300, "the cluster worker barely ran: the test would prove nothing"
