@@ -146,6 +146,24 @@ def fillsync(threads: int, quick_ops: int) -> Callable[[MakeSystem, Config], Mea
     return run
 
 
+def putrandom(make: MakeSystem, cfg: Config) -> Measurement:
+    """Single-key puts in random order, not synced (sync="none", synchronous=OFF)."""
+    sysm = make(durable=False)
+    values = Values(cfg.values, cfg.seed)
+    rng = random.Random(cfg.seed)
+    keys = [key(rng.randrange(cfg.keys)) for _ in range(cfg.n(50_000))]
+    lat: list[float] = []
+    put = sysm.put
+    start = time.perf_counter()
+    for k in keys:
+        t = time.perf_counter()
+        put(k, values.next())
+        lat.append((time.perf_counter() - t) * 1e6)
+    seconds = time.perf_counter() - start
+    sysm.close()
+    return Measurement(len(keys), seconds, lat)
+
+
 def fillbatch(make: MakeSystem, cfg: Config) -> Measurement:
     sysm = make(durable=True)
     values = Values(cfg.values, cfg.seed)
@@ -304,6 +322,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("fillsync16", "durable single-key puts, 16 threads (group commit)",
                  fillsync(16, 6_400)),
         Workload("fillbatch100", "durable batches of 100 puts", fillbatch),
+        Workload("putrandom", "single-key puts in random order, not synced", putrandom),
         Workload("fillrandom", "bulk load of --keys keys in random order, batches of 1,000, "
                                "not synced", fillrandom),
         Workload("readmem", "random gets, 100,000 keys resident in the memtable", readmem),

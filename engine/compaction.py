@@ -39,24 +39,26 @@ from engine.options import Options
 from engine.sstable import Table, TableBuilder, TableProperties
 from engine.version import FileMeta, Version
 
-__all__ = ["CompactionTask", "keep_versions", "level_target_bytes", "pick", "pick_level", "run"]
+__all__ = ["CompactionTask", "keep_versions", "level_target_bytes", "pick",
+           "pick_bottom_rewrite", "pick_level", "run"]
 
 
 @dataclass(frozen=True, slots=True)
 class CompactionTask:
     level: int
     inputs: tuple[FileMeta, ...]
-    overlaps: tuple[FileMeta, ...]  # files of level + 1
+    overlaps: tuple[FileMeta, ...]  # files of output_level
     bottommost: bool
     reason: str
+    in_place: bool = False  # rewrite the bottom level into itself (drops tombstones)
 
     @property
     def output_level(self) -> int:
-        return self.level + 1
+        return self.level if self.in_place else self.level + 1
 
     @property
     def trivial_move(self) -> bool:
-        return len(self.inputs) == 1 and not self.overlaps
+        return len(self.inputs) == 1 and not self.overlaps and not self.in_place
 
     @property
     def input_bytes(self) -> int:
@@ -109,6 +111,23 @@ def pick_level(version: Version, level: int) -> CompactionTask | None:
     if not files or level + 1 >= len(version.levels):
         return None
     return _task(version, level, files, "manual")
+
+
+def pick_bottom_rewrite(version: Version, has_garbage: Callable[[FileMeta], bool]
+                        ) -> CompactionTask | None:
+    """Rewrite the deepest non-empty level (>= 1) into itself if a file there holds garbage.
+
+    Manual compaction only: tombstones and old versions that a since-released
+    snapshot pinned when they reached the bottom would otherwise stay forever.
+    """
+    for level in range(len(version.levels) - 1, 0, -1):
+        files = version.levels[level]
+        if files:
+            if not any(has_garbage(f) for f in files):
+                return None
+            return CompactionTask(level, tuple(files), (), True, "manual bottom rewrite",
+                                  in_place=True)
+    return None
 
 
 def keep_versions(chunk: Iterable[Entry], snapshots: Sequence[int], bottommost: bool

@@ -972,7 +972,11 @@ class Engine:
             raise self._bg_error
 
     def compact(self) -> None:
-        """Flush, then compact every level down until each key lives in one table level."""
+        """Flush, compact every level down, then rewrite the bottom level if it holds garbage.
+
+        Afterwards each key lives in one level, and with no snapshot held no
+        tombstone or overwritten version is left.
+        """
         self.flush()
         with self._compaction_lock:
             for level in range(self.options.num_levels - 1):
@@ -982,6 +986,13 @@ class Engine:
                 task = compaction.pick_level(version, level) if deeper or level == 0 else None
                 if task is not None:
                     self._run_compaction(task)
+            with self._mutex:
+                version = self._sv.version
+                tables = dict(self._tables)
+            task = compaction.pick_bottom_rewrite(version,
+                                                  lambda f: tables[f.number].props.has_garbage)
+            if task is not None:
+                self._run_compaction(task)
 
     def checkpoint(self, dest: str) -> int:
         """Write a consistent copy of the store into the new or empty directory ``dest``.

@@ -52,6 +52,7 @@ _HANDLE = struct.Struct("<QI")
 _BLOCK_TRAILER = 5
 RAW, LZ4 = 0, 1
 _FIRST_CHUNK = 16
+_BYTES_PER_SYNC = 1 << 20
 _MAX_CHUNK = 1 << 16
 
 Entry = tuple[bytes, int, bytes | None]
@@ -74,6 +75,12 @@ class TableProperties:
     raw_value_bytes: int
     compression: str
     format_version: int = FORMAT_VERSION
+    distinct_keys: int = 0  # 0: unknown (the property was added after the first tables)
+
+    @property
+    def has_garbage(self) -> bool:
+        """Tombstones or overwritten versions: what a bottom-level rewrite could drop."""
+        return self.deletions > 0 or 0 < self.distinct_keys < self.entries
 
 
 def _encode_block(body: bytes, compress: bool) -> bytes:
@@ -95,6 +102,7 @@ class TableBuilder:
         self._options = options
         self._compress = options.compression == "lz4"
         self._offset = 0
+        self._synced = 0
         self._block = BlockBuilder()
         self._index = BlockBuilder()
         self._hashes: list[tuple[int, int]] = []
@@ -150,6 +158,11 @@ class TableBuilder:
         offset = self._offset
         self._file.append(encoded)
         self._offset += len(encoded)
+        if self._offset - self._synced >= _BYTES_PER_SYNC:
+            # Sync as we go (RocksDB's bytes_per_sync): megabytes of dirty pages
+            # would otherwise make every WAL fdatasync wait behind them.
+            self._file.sync()
+            self._synced = self._offset
         return offset, len(encoded) - _BLOCK_TRAILER
 
     def _finish_block(self) -> None:
@@ -184,6 +197,7 @@ class TableBuilder:
             raw_key_bytes=self._raw_key_bytes,
             raw_value_bytes=self._raw_value_bytes,
             compression=self._options.compression,
+            distinct_keys=len(self._hashes),
         )
         props_handle = self._write(_encode_properties(props), False)
         index_handle = self._write(self._index.finish(), False)
@@ -202,7 +216,7 @@ _PROP_INTS = ("min_seq", "max_seq", "entries", "deletions", "data_blocks", "raw_
 
 def _encode_properties(p: TableProperties) -> bytes:
     items: dict[bytes, bytes] = {name.encode(): str(getattr(p, name)).encode()
-                                 for name in _PROP_INTS}
+                                 for name in (*_PROP_INTS, "distinct_keys")}
     items[b"compression"] = p.compression.encode()
     items[b"smallest"] = p.smallest
     items[b"largest"] = p.largest
@@ -354,6 +368,7 @@ def _decode_properties(
     items = {blk.keys[i]: blk.value(i) or b"" for i in range(len(blk))}
     try:
         ints = {name: int(items[name.encode()]) for name in _PROP_INTS}
+        ints["distinct_keys"] = int(items.get(b"distinct_keys", b"0"))
         return TableProperties(
             number=number,
             file_size=size,

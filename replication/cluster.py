@@ -117,6 +117,9 @@ class Cluster:
 
     def leader(self, timeout: float | None = None) -> Node:
         """The ready leader, waiting up to ``timeout`` for one; Unavailable if none appears."""
+        lid = self.consensus.leader_id
+        if lid is not None and self.nodes[lid].serving():  # the common case
+            return self.nodes[lid]
         clock = self.consensus.now
         deadline = clock() + (self.timeout if timeout is None else timeout)
         while True:

@@ -42,6 +42,11 @@ class Proposal(Protocol):
     @property
     def index(self) -> int: ...
 
+    @property
+    def outcome(self) -> bool | None:
+        """True committed, False lost, None not known yet (does not wait)."""
+        ...
+
     def wait(self, timeout: float | None = None) -> bool:
         """True once committed, False once it can no longer commit.
 

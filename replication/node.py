@@ -30,6 +30,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -47,6 +48,7 @@ __all__ = ["LeaderTransactions", "Node"]
 log = logging.getLogger(__name__)
 
 Ops = dict[bytes, bytes | None]
+_FOLLOWER_APPLY_INTERVAL = 0.002
 SnapshotSource = Callable[[int, int, str], int]
 
 
@@ -132,6 +134,10 @@ class Node:
     def _apply_loop(self) -> None:
         while not self._stopping:
             try:
+                if self._consensus.leader_id != self.id:
+                    # Nobody waits on a follower's apply: let entries gather for
+                    # a couple of milliseconds and apply them in one batch.
+                    time.sleep(_FOLLOWER_APPLY_INTERVAL)
                 if self.catch_up() == 0:
                     self._consensus.wait_committed(self.applied + 1, 0.05, node=self.id)
             except BaseException as exc:
@@ -221,9 +227,17 @@ class Node:
 
     # -- the leader role ------------------------------------------------------------------
 
+    def serving(self) -> bool:
+        """Is this node leading with a transaction manager for the current term?"""
+        tm = self._tm
+        return tm is not None and tm.current()
+
     def transactions(self) -> LeaderTransactions:
         """This node's transaction manager for the current term; NotLeader if it does not lead."""
         c = self._consensus
+        tm = self._tm
+        if tm is not None and tm.current():  # the common case, without the lock
+            return tm
         with self._tm_lock:
             tm = self._tm
             if tm is not None and tm.current():
@@ -303,7 +317,8 @@ class LeaderTransactions:
             snap = self._engine.snapshot()
             self._certifier.expire(now)
             if not self._certifier.tracking:
-                for seq, ops in self._unregistered.items():
+                # list() copies in one C call: writers pop entries without the lock.
+                for seq, ops in list(self._unregistered.items()):
                     if seq > snap.sequence:
                         self._certifier.record_blind_write(ops, seq, now)
                 self._unregistered.clear()
@@ -379,24 +394,29 @@ class LeaderTransactions:
                     self._certifier.abort(s, "not_submitted")
                 self._unregistered.pop(index, None)
                 raise
-        try:
-            committed = proposal.wait(self._node.timeout)
-        except AmbiguousCommit:
-            self.retire(f"outcome of entry {index} unknown")
-            raise
+        # One wait, for the leader to apply the index: by then the entry's fate
+        # is decided (an index is applied only once committed). Only if that
+        # does not happen in time ask the proposal itself.
+        applied = self._node.wait_applied(index, self._node.timeout)
+        committed = proposal.outcome if applied else None
+        if committed is None:
+            try:
+                committed = proposal.wait(self._node.timeout)
+            except AmbiguousCommit:
+                self.retire(f"outcome of entry {index} unknown")
+                raise
         if not committed:
             with self._lock:
                 for s in states:
                     self._certifier.abort(s, "lost")
                 self._unregistered.pop(index, None)
             raise NotLeader(f"entry {index} was not committed: leadership changed")
-        applied = self._node.wait_applied(index, self._node.timeout)
-        with self._lock:
-            self._unregistered.pop(index, None)
-            for s in states:
-                if applied:
+        self._unregistered.pop(index, None)  # a single dict operation: atomic
+        if not applied:
+            self.retire(f"entry {index} committed but not applied here")
+        elif states:
+            with self._lock:
+                for s in states:
                     self._certifier.committed(s)
-            if not applied:
-                self.retire(f"entry {index} committed but not applied here")
         return index
 

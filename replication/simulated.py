@@ -50,7 +50,6 @@ With a seed, the same calls give the same results.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 import time
@@ -192,10 +191,10 @@ class SimulatedConsensus:
         return time.monotonic()
 
     def random_id(self) -> bytes:
-        """16 random bytes; drawn from the seeded generator in deterministic mode."""
+        """16 random bytes (an id, not a secret); from the seeded generator if deterministic."""
         if self.deterministic:
             return self._rng.randbytes(16)
-        return os.urandom(16)
+        return random.randbytes(16)
 
     def _group_of(self, node: int) -> frozenset[int]:
         return next(g for g in self._groups if node in g)

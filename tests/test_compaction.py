@@ -538,3 +538,28 @@ def test_run_merges_inputs_with_the_drop_rule(
         assert len(outputs) <= 1
     elif target == 1:  # every key starts a new table
         assert len(outputs) == len({e[0] for e in got})
+
+
+def test_compact_after_snapshot_release_drops_pinned_garbage() -> None:
+    """Tombstones and old versions a snapshot pinned are gone after it is released and compact()."""
+    db = engine.open("/db", fs=engine.MemFS(), memtable_bytes=8 * 1024,
+                     target_file_bytes=4 * 1024, level_base_bytes=16 * 1024)
+    for i in range(300):
+        db.put(b"k%04d" % i, b"v1")
+    snap = db.snapshot()
+    for i in range(150):
+        db.delete(b"k%04d" % i)
+    for i in range(150, 200):
+        db.put(b"k%04d" % i, b"v2")
+    db.compact()
+    props = [t.props for t in db._tables.values()]
+    assert sum(p.deletions for p in props) == 150  # pinned by the snapshot
+    assert snap.get(b"k0000") == b"v1" and snap.get(b"k0150") == b"v1"
+    snap.release()
+    db.compact()
+    props = [t.props for t in db._tables.values()]
+    assert sum(p.deletions for p in props) == 0
+    assert sum(p.entries for p in props) == 150  # exactly the live keys, one version each
+    assert [k for k, _ in db.scan()] == [b"k%04d" % i for i in range(150, 300)]
+    assert db.get(b"k0150") == b"v2" and db.get(b"k0299") == b"v1"
+    db.close()
