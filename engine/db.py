@@ -421,12 +421,6 @@ class Engine:
         ``False`` returned. Sequences may skip numbers. The last applied
         sequence survives restart, even for an empty batch.
         """
-        if not isinstance(batch, WriteBatch):
-            raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
-        if type(sequence) is not int:
-            raise TypeError(f"sequence must be an int, got {type(sequence).__name__}")
-        if not 0 < sequence < 1 << 56:
-            raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
         return self.apply_many([(sequence, batch)]) != 0
 
     def apply_many(self, entries: Sequence[tuple[int, WriteBatch]]) -> int:

@@ -18,19 +18,31 @@ def _block_after(marker: str, lang: str) -> str:
     return m.group(1)
 
 
-def test_embedding_example_runs(tmp_path: Path) -> None:
-    """Execute the example in a scratch directory and check what it prints."""
-    code = _block_after("<!-- example -->", "python")
+def _run_example(marker: str, where: Path) -> str:
+    """Execute the python block after ``marker`` in directory ``where``; return its output."""
+    code = _block_after(marker, "python")
     out = io.StringIO()
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(where)
     try:
         with contextlib.redirect_stdout(out):
             exec(compile(code, str(README), "exec"), {})
     finally:
         os.chdir(cwd)
-    assert out.getvalue().strip() == "[(b'banana', b'yellow'), (b'cherry', b'yellow!')]"
+    return out.getvalue().strip()
+
+
+def test_embedding_example_runs(tmp_path: Path) -> None:
+    """Execute the engine example in a scratch directory and check what it prints."""
+    printed = _run_example("<!-- example -->", tmp_path)
+    assert printed == "[(b'banana', b'yellow'), (b'cherry', b'yellow!')]"
     assert (tmp_path / "demo-db" / "CURRENT").exists()
+
+
+def test_replicated_example_runs(tmp_path: Path) -> None:
+    """Execute the replicated example: it survives the leader crash and prints hello."""
+    assert _run_example("<!-- example-replicated -->", tmp_path) == "hello"
+    assert (tmp_path / "demo-cluster" / "CLUSTER").exists()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
