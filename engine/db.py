@@ -1083,6 +1083,34 @@ class Engine:
             t.close()
         self._lock.release()
 
+    def simulate_crash(self) -> None:
+        """Drop the engine as a killed process would: for tests and simulated clusters.
+
+        No flush, no sync, no waiting for queued writes (they fail with
+        ClosedError): what was written to the WAL is on disk as the OS has it,
+        the memtable is gone. Background work stops after its current step, and
+        the directory is released so the store can be reopened in-process.
+        """
+        with self._mutex:
+            if self._closed or self._closing:
+                return
+            self._rejecting_writes = self._closing = True
+            self._bg_error = ClosedError(f"engine at {self.path} crashed (simulated)")
+            self._bg_cv.notify_all()
+            self._visible_cv.notify_all()
+        self._flush_thread.join()
+        self._compact_thread.join()
+        with self._mutex:
+            while self._writers:  # a leader mid-write finishes; the rest see the error
+                self._idle_cv.wait()
+            self._closed = True
+        if self._wal is not None:
+            self._wal.close()
+        self._manifest.close()
+        for t in self._tables.values():
+            t.close()
+        self._lock.release()
+
     def __enter__(self) -> Engine:
         return self
 

@@ -32,7 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import CorruptionError, InvalidArgument
+from engine.errors import ClosedError, CorruptionError, InvalidArgument
 from engine.fs import FileSystem, OSFileSystem
 from replication.errors import NotLeader, Unavailable
 from replication.node import Node
@@ -112,6 +112,10 @@ class Cluster:
         return self.consensus.leader_id
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def deterministic(self) -> bool:
         return self.consensus.deterministic
 
@@ -120,6 +124,8 @@ class Cluster:
         lid = self.consensus.leader_id
         if lid is not None and self.nodes[lid].serving():  # the common case
             return self.nodes[lid]
+        if self._closed:
+            raise ClosedError(f"cluster at {self.path} is closed")
         clock = self.consensus.now
         deadline = clock() + (self.timeout if timeout is None else timeout)
         while True:
@@ -147,8 +153,9 @@ class Cluster:
                         pass
 
     def crash(self, node: int) -> None:
-        """Kill replica ``node``: its applier stops, its unsynced log entries are lost."""
-        self.nodes[node].stop()
+        """Kill replica ``node``: its applier stops, its engine's memtable and unsynced log
+        entries are lost; it replays what it misses from the log when restarted."""
+        self.nodes[node].stop(crash=True)
         self.consensus.crash(node)
 
     def restart(self, node: int) -> None:

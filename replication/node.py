@@ -96,19 +96,21 @@ class Node:
                                             name=f"stratakv-applier-{self.id}")
             self._thread.start()
 
-    def stop(self) -> None:
-        """Stop applying and close the engine (used for crashes and shutdown)."""
+    def stop(self, *, crash: bool = False) -> None:
+        """Stop applying and close the engine -- or with ``crash``, drop it unflushed."""
         self._stopping = True
         self._wake_waiters(all_of_them=True)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        with self._tm_lock:
-            if self._tm is not None:
-                self._tm.retire("node stopped")
-                self._tm = None
+        tm, self._tm = self._tm, None
+        if tm is not None:
+            tm.retire("node stopped")
         if self.engine is not None:
-            self.engine.close()
+            if crash:
+                self.engine.simulate_crash()
+            else:
+                self.engine.close()
             self.engine = None
 
     def _generation(self) -> int:
@@ -190,6 +192,8 @@ class Node:
         with self._waiters_lock:
             if self.applied >= index:
                 return True
+            if self._stopping:  # stop() already woke everyone: nobody would wake us
+                return False
             heapq.heappush(self._waiters, (index, id(event), event))
         event.wait(timeout)
         return self.applied >= index
@@ -238,19 +242,24 @@ class Node:
         tm = self._tm
         if tm is not None and tm.current():  # the common case, without the lock
             return tm
+        if c.leader_id != self.id or self.engine is None or self.failed is not None:
+            raise NotLeader(f"node {self.id} is not the leader")
+        if not c.leader_ready(self.id):
+            raise NotLeader(f"node {self.id} was just elected and is not ready")
+        term = c.term
+        # Every entry of earlier terms must be applied first. Wait without the
+        # lock: a crash or stop must never queue behind a waiting client.
+        if not self.wait_applied(c.commit_index, self.timeout):
+            raise Unavailable(f"node {self.id} could not apply the log in time")
         with self._tm_lock:
             tm = self._tm
             if tm is not None and tm.current():
                 return tm
-            if c.leader_id != self.id or self.engine is None or self.failed is not None:
-                raise NotLeader(f"node {self.id} is not the leader")
-            if not c.leader_ready(self.id):
-                raise NotLeader(f"node {self.id} was just elected and is not ready")
-            if not self.wait_applied(c.commit_index, self.timeout):
-                raise Unavailable(f"node {self.id} could not apply the log in time")
+            if c.leader_id != self.id or c.term != term or self.engine is None:
+                raise NotLeader(f"node {self.id} lost leadership while catching up")
             if tm is not None:
                 tm.retire("a new term began")
-            self._tm = LeaderTransactions(self, c, c.term)
+            self._tm = LeaderTransactions(self, c, term)
             return self._tm
 
     def read(self, key: bytes) -> bytes | None:
@@ -262,6 +271,15 @@ class Node:
         if e is None:
             raise NotLeader(f"node {self.id} is down")
         return e.get(key)
+
+
+def _down_is_not_leader(items: Iterator[tuple[bytes, bytes]], node: int
+                        ) -> Iterator[tuple[bytes, bytes]]:
+    """Re-raise a scan's ClosedError (the node crashed) as the retryable NotLeader."""
+    try:
+        yield from items
+    except engine.ClosedError:
+        raise NotLeader(f"node {node} went down during the transaction") from None
 
 
 class LeaderTransactions:
@@ -280,6 +298,9 @@ class LeaderTransactions:
         self._lock = threading.Lock()
         self._snapshots: dict[int, engine.Snapshot] = {}
         self._unregistered: dict[int, Ops] = {}  # blind writes in flight, not yet tracked
+        # Commits whose fate or apply the client did not wait for (AmbiguousCommit,
+        # or committed but not applied here in time): settled once that is known.
+        self._orphans: list[tuple[Proposal, list[TxnState]]] = []
         self._retired: str | None = None
 
     def current(self) -> bool:
@@ -292,6 +313,21 @@ class LeaderTransactions:
             log.info("node %d: transaction manager of term %d retired (%s)", self._node.id,
                      self.term, why)
             self._retired = why
+
+    def _settle_orphans(self) -> None:
+        """Commit or abort the states of ambiguous commits whose fate is now known. Holds _lock."""
+        keep = []
+        for proposal, states in self._orphans:
+            outcome = proposal.outcome
+            if outcome is False:
+                for s in states:
+                    self._certifier.abort(s, "lost")
+            elif outcome and self._node.applied >= proposal.index:
+                for s in states:
+                    self._certifier.committed(s)
+            else:
+                keep.append((proposal, states))
+        self._orphans = keep
 
     def _check(self) -> None:
         if not self.current():
@@ -315,6 +351,8 @@ class LeaderTransactions:
         with self._lock:
             self._check()
             snap = self._engine.snapshot()
+            if self._orphans:
+                self._settle_orphans()
             self._certifier.expire(now)
             if not self._certifier.tracking:
                 # list() copies in one C call: writers pop entries without the lock.
@@ -332,14 +370,20 @@ class LeaderTransactions:
         with self._lock:
             self._certifier.on_read(state, key, self._consensus.now())
             snap = self._snapshots[state.txn_id]
-        return snap.get(key)
+        try:
+            return snap.get(key)
+        except engine.ClosedError:
+            raise NotLeader(f"node {self._node.id} went down during the transaction") from None
 
     def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
              ) -> Iterator[tuple[bytes, bytes]]:
         with self._lock:
             self._certifier.on_scan(state, lo, hi, self._consensus.now())
             snap = self._snapshots[state.txn_id]
-        return snap.scan(lo, hi, reverse=reverse)
+        try:
+            return _down_is_not_leader(snap.scan(lo, hi, reverse=reverse), self._node.id)
+        except engine.ClosedError:
+            raise NotLeader(f"node {self._node.id} went down during the transaction") from None
 
     def rollback(self, state: TxnState) -> None:
         with self._lock:
@@ -385,6 +429,8 @@ class LeaderTransactions:
         c = self._consensus
         with self._lock:
             self._check()
+            if self._orphans:
+                self._settle_orphans()
             index = c.next_index(self._node.id)
             states = certify(index)  # may raise SerializationFailure
             try:
@@ -396,14 +442,18 @@ class LeaderTransactions:
                 raise
         # One wait, for the leader to apply the index: by then the entry's fate
         # is decided (an index is applied only once committed). Only if that
-        # does not happen in time ask the proposal itself.
+        # does not happen in time ask the proposal itself, in the time left.
+        deadline = time.monotonic() + self._node.timeout
         applied = self._node.wait_applied(index, self._node.timeout)
         committed = proposal.outcome if applied else None
         if committed is None:
             try:
-                committed = proposal.wait(self._node.timeout)
+                committed = proposal.wait(max(0.0, deadline - time.monotonic()))
             except AmbiguousCommit:
-                self.retire(f"outcome of entry {index} unknown")
+                # The entry may still commit: its transaction stays PENDING in the
+                # certifier (it keeps conflicting with later ones) until settled.
+                with self._lock:
+                    self._orphans.append((proposal, states))
                 raise
         if not committed:
             with self._lock:
@@ -413,7 +463,11 @@ class LeaderTransactions:
             raise NotLeader(f"entry {index} was not committed: leadership changed")
         self._unregistered.pop(index, None)  # a single dict operation: atomic
         if not applied:
-            self.retire(f"entry {index} committed but not applied here")
+            # Committed, not yet applied here: stay PENDING until it is. (Never
+            # start a new certifier in the same term: it would not know the
+            # entries still in flight -- that broke serializability once.)
+            with self._lock:
+                self._orphans.append((proposal, states))
         elif states:
             with self._lock:
                 for s in states:

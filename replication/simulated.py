@@ -148,7 +148,8 @@ class SimulatedConsensus:
         self._commit = 0
         self._node_commit = [0] * nodes
         self._match = [0] * nodes
-        self._proposals: SortedDict[int, _Proposal] = SortedDict()
+        # (index, term) -> proposal: after a failover two proposals can share an index.
+        self._proposals: SortedDict[tuple[int, int], _Proposal] = SortedDict()
         self._ticks = 0
         self._leaderless_since = self.now()
         self._closed = False
@@ -300,7 +301,7 @@ class SimulatedConsensus:
             entry = LogEntry(lg.last_index + 1, self._term, payload)
             lg.append([entry])
             p = _Proposal(self, entry.index, entry.term)
-            self._proposals[entry.index] = p
+            self._proposals[entry.index, entry.term] = p
         for ev in self._work:
             ev.set()
         return p
@@ -578,15 +579,15 @@ class SimulatedConsensus:
         """Decide proposals whose fate the commit index now settles. Holds _lock."""
         commit = self._commit
         committed_term = llog.term_at(commit) or 0
-        for index in list(self._proposals):
-            p = self._proposals[index]
-            if index <= commit:
-                p.decide(llog.term_at(index) == p.term)
+        for key in list(self._proposals):
+            p = self._proposals[key]
+            if p.index <= commit:
+                p.decide(llog.term_at(p.index) == p.term)
             elif committed_term > p.term:
                 p.decide(False)  # a later term committed below it: it can never commit
             else:
                 continue
-            del self._proposals[index]
+            del self._proposals[key]
 
     # -- lifecycle ---------------------------------------------------------------------
 

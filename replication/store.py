@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
-from engine.errors import SerializationFailure
+from engine.errors import ClosedError, SerializationFailure
 from engine.txn import Transaction
 from replication.cluster import Cluster
 from replication.errors import NotLeader, Unavailable
@@ -184,6 +184,8 @@ class KeyValueStore:
         behind. It never returns a value that was not committed.
         """
         k = _key(key)
+        if self.cluster.closed:
+            raise ClosedError("the cluster is closed")
         candidates = [self.cluster.nodes[node]] if node is not None else [
             n for n in self.cluster.nodes if n.alive]
         for n in candidates:

@@ -253,3 +253,25 @@ def test_stats_report_levels_and_counters(db: engine.Engine) -> None:
     assert st["memtable_bytes"] > 0
     assert len(st["levels"]) == db.options.num_levels
     assert st["writes"] == 1
+
+
+def test_simulated_crash_keeps_wal_writes_and_drops_the_rest() -> None:
+    """simulate_crash(): WAL'd writes survive reopen; with wal=False the memtable is gone."""
+    fs = MemFS()
+    db = engine.open("/db", fs=fs)
+    db.put(b"logged", b"1")
+    db.simulate_crash()
+    with pytest.raises(engine.ClosedError):
+        db.put(b"after", b"x")
+    with engine.open("/db", fs=fs) as again:
+        assert again.get(b"logged") == b"1"
+    fs2 = MemFS()
+    db = engine.open("/db", fs=fs2, wal=False)
+    db.put(b"flushed", b"1")
+    db.flush()
+    db.put(b"memtable-only", b"2")
+    db.simulate_crash()
+    with engine.open("/db", fs=fs2, wal=False) as again:
+        assert again.get(b"flushed") == b"1"
+        assert again.get(b"memtable-only") is None
+        assert again.last_sequence == 1

@@ -8,7 +8,6 @@ that every table has many blocks and the block-boundary logic is exercised.
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
 from collections.abc import Iterable
 from itertools import pairwise
 
@@ -372,29 +371,35 @@ def test_table_reads_go_through_the_cache() -> None:
                           st.integers(0, 300)), max_size=80))
 def test_lru_cache_matches_model_and_stays_bounded(
         capacity: int, ops: list[tuple[str, int, int]]) -> None:
-    """The cache equals an OrderedDict LRU model and used_bytes never exceeds capacity."""
+    """The cache equals a naive CLOCK twin (a list with reference bits); bytes stay bounded."""
     cache: LRUCache[str] = LRUCache(capacity)
-    model: OrderedDict[int, tuple[str, int]] = OrderedDict()
+    model: list[list[object]] = []  # [key, value, charge, referenced], in clock order
+
+    def used() -> int:
+        return sum(int(e[2]) for e in model)  # type: ignore[call-overload]
+
     for op, k, charge in ops:
         key = (k % 3) << 40 | k  # three "files"
         if op == "put":
             if charge <= capacity:
-                model.pop(key, None)
-                model[key] = (f"v{k}.{charge}", charge)
-                while sum(c for _, c in model.values()) > capacity:
-                    model.popitem(last=False)
+                model[:] = [e for e in model if e[0] != key]
+                model.append([key, f"v{k}.{charge}", charge, False])
+                while used() > capacity:
+                    victim = model.pop(0)
+                    if victim[0] == key or victim[3]:  # second chance, never the new entry
+                        victim[3] = False
+                        model.append(victim)
             cache.put(key, f"v{k}.{charge}", charge)
         elif op == "get":
-            want = model.get(key)
-            if want is not None:
-                model.move_to_end(key)
-            assert cache.get(key) == (want[0] if want else None)
+            hit = next((e for e in model if e[0] == key), None)
+            if hit is not None:
+                hit[3] = True
+            assert cache.get(key) == (hit[1] if hit else None)
         else:
-            for mk in [mk for mk in model if mk >> 40 == k % 3]:
-                del model[mk]
+            model[:] = [e for e in model if int(e[0]) >> 40 != k % 3]  # type: ignore[call-overload]
             cache.erase_file(k % 3)
         assert cache.used_bytes <= capacity
-        assert cache.used_bytes == sum(c for _, c in model.values())
+        assert cache.used_bytes == used()
         assert len(cache) == len(model)
 
 
