@@ -176,6 +176,15 @@ class Cluster:
         while True:
             if self.deterministic:
                 self.step()
+            lid = self.consensus.leader_id
+            if lid is None or not self.consensus.leader_ready(lid):
+                # Right after a (re)open the commit index is 0 until the new
+                # leader's no-op commits: "converged" would be vacuously true.
+                if clock() > deadline:
+                    return False
+                if not self.deterministic:
+                    time.sleep(0.01)
+                continue
             target = self.consensus.commit_index
             running = [n for n in self.nodes if n.alive]
             if all(self.consensus.node_commit_index(n.id) >= target and n.applied >= target

@@ -242,7 +242,8 @@ class Node:
         tm = self._tm
         if tm is not None and tm.current():  # the common case, without the lock
             return tm
-        if c.leader_id != self.id or self.engine is None or self.failed is not None:
+        if (c.leader_id != self.id or self.engine is None or self.failed is not None
+                or self._stopping):
             raise NotLeader(f"node {self.id} is not the leader")
         if not c.leader_ready(self.id):
             raise NotLeader(f"node {self.id} was just elected and is not ready")
@@ -255,7 +256,7 @@ class Node:
             tm = self._tm
             if tm is not None and tm.current():
                 return tm
-            if c.leader_id != self.id or c.term != term or self.engine is None:
+            if c.leader_id != self.id or c.term != term or self.engine is None or self._stopping:
                 raise NotLeader(f"node {self.id} lost leadership while catching up")
             if tm is not None:
                 tm.retire("a new term began")

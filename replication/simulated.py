@@ -217,7 +217,13 @@ class SimulatedConsensus:
             return False
 
     def get_committed_transactions(self) -> list[bytes]:
-        """Committed payloads in log order since the last prefix truncation (no-ops omitted)."""
+        """Committed payloads in log order since the last prefix truncation (no-ops omitted).
+
+        Read from the running node that knows the most of the committed log
+        (the leader, normally). With the leader down, a follower may not yet
+        know how far the log was committed; the list can then end early, and
+        grows back once a new leader commits.
+        """
         with self._lock:
             best = max((i for i in range(self.nodes) if self._logs[i] is not None),
                        key=lambda i: self._node_commit[i])
@@ -473,19 +479,24 @@ class SimulatedConsensus:
                 nlog = self._log(node)
                 plan = None if node == leader else self._plan(llog, node)
             if plan is not None:
-                _, _, reset, truncate_from, entries = plan
                 if self.latency and not self.deterministic:
-                    time.sleep(self.latency)
-                if reset is not None:
-                    log.info("consensus: node %d is behind the log prefix; reset to %d",
-                             node, reset[0])
-                    nlog.reset(*reset)
-                if nlog.term < term:
-                    nlog.set_term(term)
-                if truncate_from is not None:
-                    nlog.truncate(truncate_from)
-                if entries:
-                    nlog.append(entries)
+                    time.sleep(self.latency)  # the AppendEntries round trip
+                with self._lock:
+                    # An election may have run meanwhile (this node may even lead
+                    # now): a plan made for the old leader must not touch the log.
+                    if self._leader != leader or self._term != term:
+                        return True
+                    _, _, reset, truncate_from, entries = plan
+                    if reset is not None:
+                        log.info("consensus: node %d is behind the log prefix; reset to %d",
+                                 node, reset[0])
+                        nlog.reset(*reset)
+                    if nlog.term < term:
+                        nlog.set_term(term)
+                    if truncate_from is not None:
+                        nlog.truncate(truncate_from)
+                    if entries:
+                        nlog.append(entries)
             synced = nlog.sync()
             with self._cv:
                 self.syncs += 1
