@@ -71,7 +71,7 @@ def ycsb(mix: str, quick_ops: int = 40_000) -> Callable[[MakeSystem, Config], Me
 
     def run(make: MakeSystem, cfg: Config) -> Measurement:
         sysm = make(durable=True)
-        _load(sysm, cfg, cfg.keys)
+        _load(sysm, cfg, cfg.keys, shuffled=False)  # YCSB loads in key order
         values = Values(cfg.values, cfg.seed + 7)
         per = cfg.n(quick_ops) // cfg.threads
         base = ScrambledZipfian(cfg.keys, random.Random(cfg.seed))

@@ -25,9 +25,7 @@ import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Sequence
-from itertools import chain
-
-from engine.encoding import Kind
+from itertools import accumulate, chain
 
 __all__ = ["Block", "BlockBuilder", "BlockFormatError"]
 
@@ -40,49 +38,60 @@ class BlockFormatError(ValueError):
 
 
 class BlockBuilder:
-    """Accumulates entries (already in internal-key order) into one block."""
+    """Accumulates entries (already in internal-key order) into one block.
 
-    __slots__ = ("_key_ends", "_keys", "_keys_len", "_tags", "_value_ends", "_values",
-                 "_values_len")
+    ``add`` only appends (it runs once per entry of every flush and
+    compaction); offsets are computed once, in C, by ``finish``.
+    """
+
+    __slots__ = ("_keys", "_tags", "_values", "deletions", "nbytes")
 
     def __init__(self) -> None:
         self._keys: list[bytes] = []
-        self._values: list[bytes] = []
-        self._key_ends: list[int] = []
-        self._value_ends: list[int] = []
+        self._values: list[bytes] = []  # b"" for a DELETE: value_len 0 in the format
         self._tags: list[int] = []
-        self._keys_len = 0
-        self._values_len = 0
+        self.nbytes = 8  # payload plus the 16 bytes of arrays per entry, plus the trailer
+        self.deletions = 0
 
     def add(self, key: bytes, negseq: int, value: bytes | None) -> None:
         self._keys.append(key)
-        self._keys_len += len(key)
-        self._key_ends.append(self._keys_len)
         if value is None:
-            self._tags.append((-negseq) << 8 | Kind.DELETE)
+            self._values.append(b"")
+            self._tags.append(-negseq << 8)  # kind DELETE = 0
+            self.nbytes += len(key) + 16
+            self.deletions += 1
         else:
             self._values.append(value)
-            self._values_len += len(value)
-            self._tags.append((-negseq) << 8 | Kind.PUT)
-        self._value_ends.append(self._values_len)
+            self._tags.append(-negseq << 8 | 1)  # kind PUT = 1
+            self.nbytes += len(key) + len(value) + 16
 
     def __len__(self) -> int:
         return len(self._tags)
 
     @property
     def size_estimate(self) -> int:
-        return self._keys_len + self._values_len + 16 * len(self._tags) + 8
+        return self.nbytes
+
+    @property
+    def raw_key_bytes(self) -> int:
+        return sum(map(len, self._keys))
+
+    @property
+    def tags(self) -> list[int]:
+        return self._tags
 
     def finish(self) -> bytes:
         n = len(self._tags)
+        key_ends = list(accumulate(map(len, self._keys)))
+        value_ends = list(accumulate(map(len, self._values)))
         return b"".join(
             (
                 *self._keys,
                 *self._values,
-                struct.pack(f"<{n}I", *self._key_ends),
-                struct.pack(f"<{n}I", *self._value_ends),
+                struct.pack(f"<{n}I", *key_ends),
+                struct.pack(f"<{n}I", *value_ends),
                 struct.pack(f"<{n}Q", *self._tags),
-                _TRAILER.pack(n, self._keys_len),
+                _TRAILER.pack(n, key_ends[-1] if n else 0),
             )
         )
 

@@ -46,7 +46,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -349,7 +349,7 @@ class Engine:
         if not len(mem):
             return []
         number = self._take_file_number()
-        props = self._build_table(mem.entries(), number, ())
+        props = self._build_table(mem, number, ())
         if props is None:
             return []
         self._tables[number] = Table(self._fs, self._table_path(number), number, self._cache)
@@ -788,7 +788,7 @@ class Engine:
             imm = self._sv.imms[-1]
             number = self._take_file_number()
             snapshots = sorted(self._snapshots)
-        props = self._build_table(imm.entries(), number, snapshots) if len(imm) else None
+        props = self._build_table(imm, number, snapshots)
         table: Table | None = None
         if props is not None:
             self._fs.sync_dir(self.path)
@@ -837,30 +837,23 @@ class Engine:
     def _new_builder(self, number: int) -> TableBuilder:
         return TableBuilder(self._fs.create(self._table_path(number)), number, self.options)
 
-    def _build_table(self, entries: Iterator[Entry], number: int,
+    def _build_table(self, mem: MemTable, number: int,
                      snapshots: list[int] | tuple[()]) -> TableProperties | None:
-        """Write a flushed memtable as table ``number`` (None if nothing survived)."""
-        builder: TableBuilder | None = None
-        pending: list[Entry] = []
-        prev: bytes | None = None
-        for entry in entries:
-            if entry[0] != prev and pending:
-                builder = self._add_kept(builder, pending, snapshots, number)
-                pending = []
-            prev = entry[0]
-            pending.append(entry)
-        if pending:
-            builder = self._add_kept(builder, pending, snapshots, number)
-        return builder.finish() if builder is not None else None
+        """Write a frozen memtable as table ``number`` (None if it is empty).
 
-    def _add_kept(self, builder: TableBuilder | None, versions: list[Entry],
-                  snapshots: list[int] | tuple[()], number: int) -> TableBuilder:
-        for key, negseq, value in compaction.keep_versions(versions, snapshots, False):
-            if builder is None:
-                builder = self._new_builder(number)
-            builder.add(key, negseq, value)
-        assert builder is not None  # keep_versions keeps at least the newest version
-        return builder
+        Without live snapshots only each key's newest version can be read, so
+        that is all a flush writes; otherwise the compaction drop rule decides
+        (tombstones are always kept: older data may sit in tables below).
+        """
+        if not len(mem):
+            return None
+        entries: Iterable[Entry] = (mem.newest_entries() if not snapshots else
+                                    compaction.keep_versions(mem.entries(), snapshots, False))
+        builder = self._new_builder(number)
+        add = builder.add
+        for key, negseq, value in entries:
+            add(key, negseq, value)
+        return builder.finish()
 
     def _compaction_loop(self) -> None:
         while True:

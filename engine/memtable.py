@@ -138,6 +138,13 @@ class MemTable:
                 yield (key, -chain[0], chain[1])
                 chain = chain[2]
 
+    def newest_entries(self) -> Iterator[Entry]:
+        """Each key's newest version, in key order. Only for a frozen table."""
+        chains = self._chains
+        for key in self._keys:
+            seq, value, _ = chains[key]
+            yield (key, -seq, value)
+
     def smallest_key(self) -> bytes | None:
         with self._lock:
             return self._keys[0] if self._keys else None

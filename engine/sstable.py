@@ -105,11 +105,12 @@ class TableBuilder:
         self._synced = 0
         self._block = BlockBuilder()
         self._index = BlockBuilder()
-        self._hashes: list[tuple[int, int]] = []
+        self._distinct: list[bytes] = []  # one per user key: hashed for the filter at the end
+        self._block_bytes = options.block_bytes
         self._last_key: bytes | None = None
         self._smallest: bytes | None = None
-        self._min_seq = 2**64
-        self._max_seq = 0
+        self._min_negseq = -(2**64)
+        self._max_negseq = 0
         self._entries = 0
         self._deletions = 0
         self._data_blocks = 0
@@ -123,24 +124,17 @@ class TableBuilder:
             if last is not None:
                 if key < last:
                     raise ValueError(f"table {self._number}: key {key!r} after {last!r}")
-                if self._block.size_estimate >= self._options.block_bytes:
+                if self._block.nbytes >= self._block_bytes:
                     self._finish_block()
-            if self._smallest is None:
+            else:
                 self._smallest = key
-            self._hashes.append(key_hash(key))
+            self._distinct.append(key)
             self._last_key = key
         self._block.add(key, negseq, value)
-        seq = -negseq
-        if seq < self._min_seq:
-            self._min_seq = seq
-        if seq > self._max_seq:
-            self._max_seq = seq
-        self._entries += 1
-        self._raw_key_bytes += len(key)
-        if value is None:
-            self._deletions += 1
-        else:
-            self._raw_value_bytes += len(value)
+        if negseq > self._min_negseq:  # min/max sequence, kept as -sequence
+            self._min_negseq = negseq
+        if negseq < self._max_negseq:
+            self._max_negseq = negseq
 
     @property
     def file_size_estimate(self) -> int:
@@ -151,7 +145,7 @@ class TableBuilder:
         return self._last_key
 
     def __len__(self) -> int:
-        return self._entries
+        return self._entries + len(self._block)
 
     def _write(self, body: bytes, compress: bool) -> tuple[int, int]:
         encoded = _encode_block(body, compress)
@@ -169,7 +163,13 @@ class TableBuilder:
         if not len(self._block):
             return
         assert self._last_key is not None
-        offset, size = self._write(self._block.finish(), self._compress)
+        blk = self._block
+        self._entries += len(blk)
+        self._deletions += blk.deletions
+        raw_keys = blk.raw_key_bytes
+        self._raw_key_bytes += raw_keys
+        self._raw_value_bytes += blk.nbytes - 8 - 16 * len(blk) - raw_keys
+        offset, size = self._write(blk.finish(), self._compress)
         self._index.add(self._last_key, 0, _HANDLE.pack(offset, size))
         self._data_blocks += 1
         self._block = BlockBuilder()
@@ -180,7 +180,8 @@ class TableBuilder:
             raise ValueError("refusing to write an empty table")
         self._finish_block()
         if self._options.bloom_bits_per_key > 0:
-            fbody = build_filter(self._hashes, self._options.bloom_bits_per_key)
+            fbody = build_filter([key_hash(k) for k in self._distinct],
+                                 self._options.bloom_bits_per_key)
         else:
             fbody = b""
         filter_handle = self._write(fbody, False)
@@ -189,15 +190,15 @@ class TableBuilder:
             file_size=0,
             smallest=self._smallest,
             largest=self._last_key,
-            min_seq=self._min_seq,
-            max_seq=self._max_seq,
+            min_seq=-self._min_negseq,
+            max_seq=-self._max_negseq,
             entries=self._entries,
             deletions=self._deletions,
             data_blocks=self._data_blocks,
             raw_key_bytes=self._raw_key_bytes,
             raw_value_bytes=self._raw_value_bytes,
             compression=self._options.compression,
-            distinct_keys=len(self._hashes),
+            distinct_keys=len(self._distinct),
         )
         props_handle = self._write(_encode_properties(props), False)
         index_handle = self._write(self._index.finish(), False)

@@ -21,19 +21,25 @@ but still record its index as applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["ConsensusModule", "LogEntry", "Proposal"]
 
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One replicated log entry."""
+    """One replicated log entry.
+
+    ``attachment`` is an in-memory convenience, never persisted or compared:
+    the proposer's decoded form of the payload, shared by every simulated node
+    holding this very object (after a restart it is None and nodes decode).
+    """
 
     index: int
     term: int
     payload: bytes
+    attachment: Any = field(default=None, compare=False, repr=False)
 
 
 class Proposal(Protocol):
@@ -89,7 +95,7 @@ class ConsensusModule(Protocol):
         ...
 
     def submit(self, transaction: bytes, *, node: int | None = None,
-               expect_index: int | None = None) -> Proposal:
+               expect_index: int | None = None, attachment: Any = None) -> Proposal:
         """Append to the log through ``node`` (default: the leader), without waiting.
 
         Raises NotLeader if ``node`` does not lead or the entry would not get

@@ -171,6 +171,9 @@ class Node:
             if not entry.payload:
                 items.append((entry.index, engine.WriteBatch()))
                 continue
+            if isinstance(entry.attachment, engine.WriteBatch):  # the proposer's own batch
+                items.append((entry.index, entry.attachment))
+                continue
             try:
                 items.append((entry.index, decode_command(entry.payload, index=entry.index)[1]))
             except engine.CorruptionError as exc:  # every replica decodes the same bytes
@@ -427,6 +430,8 @@ class LeaderTransactions:
     def _propose(self, ops: Ops, certify: Callable[[int], list[TxnState]]) -> int:
         """Certify and submit in one critical section; wait outside; settle the certifier."""
         payload = encode_command(self._consensus.random_id(), ops)
+        batch = engine.WriteBatch(self.options)
+        batch.ops.update(ops)  # already checked by the transaction or the store
         c = self._consensus
         with self._lock:
             self._check()
@@ -435,7 +440,8 @@ class LeaderTransactions:
             index = c.next_index(self._node.id)
             states = certify(index)  # may raise SerializationFailure
             try:
-                proposal: Proposal = c.submit(payload, node=self._node.id, expect_index=index)
+                proposal: Proposal = c.submit(payload, node=self._node.id, expect_index=index,
+                                              attachment=batch)
             except BaseException:
                 for s in states:
                     self._certifier.abort(s, "not_submitted")

@@ -283,7 +283,7 @@ class SimulatedConsensus:
             return self._log(node).last_index + 1
 
     def submit(self, transaction: bytes, *, node: int | None = None,
-               expect_index: int | None = None) -> _Proposal:
+               expect_index: int | None = None, attachment: object = None) -> _Proposal:
         """Append through the leader; with ``expect_index``, only at that index (else NotLeader)."""
         if not isinstance(transaction, (bytes, bytearray, memoryview)):
             raise TypeError(f"transaction must be bytes-like, got {type(transaction).__name__}")
@@ -304,7 +304,7 @@ class SimulatedConsensus:
             if expect_index is not None and lg.last_index + 1 != expect_index:
                 raise NotLeader(f"the log moved on: next index is {lg.last_index + 1}, "
                                 f"not {expect_index}")
-            entry = LogEntry(lg.last_index + 1, self._term, payload)
+            entry = LogEntry(lg.last_index + 1, self._term, payload, attachment)
             lg.append([entry])
             p = _Proposal(self, entry.index, entry.term)
             self._proposals[entry.index, entry.term] = p
