@@ -966,11 +966,19 @@ class Engine:
         """
         self.flush()
         with self._compaction_lock:
+            with self._mutex:
+                total = sum(f.size for _, f in self._sv.version.files())
+            # Push everything down to the first level whose target holds it all,
+            # so that afterwards background compaction has nothing left to do.
+            home = next((lv for lv in range(1, self.options.num_levels)
+                         if compaction.level_target_bytes(self.options, lv) >= total),
+                        self.options.num_levels - 1)
             for level in range(self.options.num_levels - 1):
                 with self._mutex:
                     version = self._sv.version
                     deeper = any(version.levels[level + 1:])
-                task = compaction.pick_level(version, level) if deeper or level == 0 else None
+                task = (compaction.pick_level(version, level) if deeper or level < home
+                        else None)
                 if task is not None:
                     self._run_compaction(task)
             with self._mutex:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import engine
 from engine.fs import FileSystem, MemFS, OSFileSystem
+from replication import Cluster
 
 
 @pytest.fixture(params=["memfs", "osfs"])
@@ -35,3 +38,19 @@ def seed(request: pytest.FixtureRequest) -> int:
     value = int(os.environ.get("STRATAKV_SEED", random.randrange(1 << 30)))
     print(f"seed={value}")
     return value
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    """Factory of clusters under ``tmp_path/<name>``; all closed at teardown."""
+    made: list[Cluster] = []
+
+    def make(name: str = "cluster", nodes: int = 3, **kwargs: Any) -> Cluster:
+        kwargs.setdefault("election_delay", 0.05)
+        cluster = Cluster.open(str(tmp_path / name), nodes, **kwargs)
+        made.append(cluster)
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()

@@ -26,7 +26,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -217,22 +217,6 @@ def converged_state(cluster: Cluster) -> dict[str, str]:
         diff = set(scan.items()) ^ set(scans[0].items())
         assert not diff, f"node {n.id} differs from node 0 on {sorted(diff)[:5]}"
     return {k.decode(): v.decode() for k, v in scans[0].items()}
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """Factory of clusters under ``tmp_path/<name>``; all closed at teardown."""
-    made: list[Cluster] = []
-
-    def make(name: str = "cluster", nodes: int = 3, **kwargs: Any) -> Cluster:
-        kwargs.setdefault("election_delay", 0.05)
-        cluster = Cluster.open(str(tmp_path / name), nodes, **kwargs)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 # -- (a) f crashes under load --------------------------------------------------------------

@@ -29,10 +29,9 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -57,22 +56,6 @@ def fixed_seed(default: int) -> int:
 
 def event(msg: str) -> None:
     print(f"[{time.monotonic():.3f}] {msg}")
-
-
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """Factory of clusters under ``tmp_path/<name>``; all closed at teardown."""
-    made: list[Cluster] = []
-
-    def make(name: str = "cluster", nodes: int = 3, **kwargs: Any) -> Cluster:
-        kwargs.setdefault("election_delay", 0.05)
-        cluster = Cluster.open(str(tmp_path / name), nodes, **kwargs)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
 
 
 class Nemesis:

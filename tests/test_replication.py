@@ -78,22 +78,6 @@ def make_sim(tmp_path: Path) -> Iterator[Callable[..., SimulatedConsensus]]:
         sim.close()
 
 
-@pytest.fixture
-def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
-    """Factory of clusters under ``tmp_path/<name>``; all closed at teardown."""
-    made: list[Cluster] = []
-
-    def make(name: str = "cluster", nodes: int = 3, **kwargs: Any) -> Cluster:
-        kwargs.setdefault("election_delay", 0.05)
-        cluster = Cluster.open(str(tmp_path / name), nodes, **kwargs)
-        made.append(cluster)
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.close()
-
-
 # -- SimulatedConsensus ---------------------------------------------------------------------
 
 
