@@ -209,6 +209,7 @@ class TxnResult:
     p50_commit_ms: float = 0.0
     p99_commit_ms: float = 0.0
     invariant: str = "ok"
+    commit_latencies_ms: list[float] = field(default_factory=list, repr=False)
 
     @property
     def abort_rate(self) -> float:
@@ -285,7 +286,7 @@ def run_workload(name: str, isolation: str, threads: int, txns: int, *, sync: st
         statistics.mean(attempt_times) * 1000 if attempt_times else 0.0,
         lat[len(lat) // 2] * 1000 if lat else 0.0,
         lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else 0.0,
-        problem or "ok")
+        problem or "ok", [x * 1000 for x in lat])
 
 
 def txn_workload(name: str, isolation: str) -> Callable[[Any, Any], Any]:
@@ -297,7 +298,7 @@ def txn_workload(name: str, isolation: str) -> Callable[[Any, Any], Any]:
                          seed=cfg.seed, path=cfg.path + "-txn")
         if r.invariant != "ok":
             raise RuntimeError(f"{name}/{isolation}: invariant broken: {r.invariant}")
-        return Measurement(r.commits, r.seconds, [r.mean_attempt_ms * 1000],
+        return Measurement(r.commits, r.seconds, [ms * 1000 for ms in r.commit_latencies_ms],
                            extra={"abort_rate": round(r.abort_rate, 4), "aborts": r.aborts,
                                   "mean_attempt_ms": round(r.mean_attempt_ms, 2),
                                   "p99_commit_ms": round(r.p99_commit_ms, 1)})

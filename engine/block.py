@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from itertools import accumulate, chain
 
@@ -174,16 +174,43 @@ class Block:
         return self._raw[base + (ends[i - 1] if i else 0) : base + ends[i]]
 
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
-        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None."""
-        i = self.find(key)
-        n = len(self._tags)
+        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None.
+
+        Keys are stored back to back, so ``bytes.find`` locates ``key`` in C;
+        a hit counts only if it starts and ends exactly on an entry boundary
+        (a match straddling two keys is skipped). The first aligned hit is
+        the key's newest version, older ones follow it.
+        """
+        raw = self._raw
+        ends = self._key_ends
         tags = self._tags
-        while i < n and self.key(i) == key:
+        n = len(tags)
+        size = len(key)
+        if not size:  # the empty key matches everywhere; it can only be first
+            if not n or ends[0]:
+                return None
+            i = 0
+        else:
+            limit = self._values_base
+            at = raw.find(key, 0, limit)
+            while at >= 0:
+                i = bisect_right(ends, at)  # the entry holding byte ``at``
+                if ends[i] - at == size and (ends[i - 1] if i else 0) == at:
+                    break
+                at = raw.find(key, at + 1, limit)
+            else:
+                return None
+        while True:
             tag = tags[i]
             if tag >> 8 <= seq:
-                return tag >> 8, self.value(i)
+                if not tag & 0xFF:
+                    return tag >> 8, None
+                base = self._values_base
+                vends = self._value_ends
+                return tag >> 8, raw[base + (vends[i - 1] if i else 0) : base + vends[i]]
             i += 1
-        return None
+            if i == n or ends[i] - ends[i - 1] != size or self.key(i) != key:
+                return None
 
     def entries(self, start: int, stop: int) -> list[Entry]:
         """Entries ``start:stop`` as (key, -sequence, value) tuples."""

@@ -63,10 +63,11 @@ class BloomFilter:
         """False if the key with hash (h, delta) is certainly absent."""
         bits = self._bits
         nbits = self._nbits
-        for i in range(self._probes):
-            pos = (h + i * delta) % nbits
+        pos = h % nbits
+        for _ in range(self._probes):  # probe i is (h + i * delta) % nbits, stepped
             if not bits[pos >> 3] >> (pos & 7) & 1:
                 return False
+            pos = (pos + delta) % nbits
         return True
 
     @property

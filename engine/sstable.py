@@ -230,8 +230,8 @@ def _encode_properties(p: TableProperties) -> bytes:
 class Table:
     """An open table: footer, index and filter in memory, data blocks via the cache."""
 
-    __slots__ = ("_cache", "_cache_base", "_file", "_filter", "_handles", "_index_keys", "path",
-                 "props")
+    __slots__ = ("_cache", "_cache_base", "_file", "_filter", "_handles", "_index_keys",
+                 "may_contain", "path", "props")
 
     def __init__(self, fs: FileSystem, path: str, number: int, cache: LRUCache[Block]) -> None:
         self.path = path
@@ -274,6 +274,9 @@ class Table:
             self._filter = BloomFilter(fbody) if fbody else None
         except ValueError as exc:
             raise CorruptionError(path, foff, f"bad filter block: {exc}") from None
+        # ``may_contain(h, delta)``: False if the key is certainly absent. Bound
+        # straight to the filter, as point reads call it once per table probed.
+        self.may_contain = self._filter.may_contain if self._filter else _no_filter
         pblock = self._decode(poff, psize, "properties")
         self.props = _decode_properties(pblock, number, size, path, poff)
         if len(self._handles) != self.props.data_blocks:
@@ -329,16 +332,18 @@ class Table:
     def block_offset(self, i: int) -> int:
         return self._handles[i][0]
 
-    def may_contain(self, h: int, delta: int) -> bool:
-        flt = self._filter
-        return flt is None or flt.may_contain(h, delta)
 
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
         """Newest version of ``key`` with sequence <= ``seq`` (skips the filter)."""
         i = bisect_left(self._index_keys, key)
         if i == len(self._index_keys):
             return None
-        return self.block(i).get(key, seq)
+        offset, size = self._handles[i]  # self.block(i), inlined: this is the hot path
+        blk = self._cache.get(self._cache_base | offset)
+        if blk is None:
+            blk = self._decode(offset, size, "data")
+            self._cache.put(self._cache_base | offset, blk, blk.charge)
+        return blk.get(key, seq)
 
     def cursor(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> TableCursor:
         return TableCursor(self, lo, hi, reverse)
@@ -361,6 +366,11 @@ class Table:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _no_filter(h: int, delta: int) -> bool:
+    """``Table.may_contain`` of a table written without a filter."""
+    return True
 
 
 def _decode_properties(

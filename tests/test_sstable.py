@@ -85,6 +85,20 @@ def test_block_get_matches_model(entries: list[Entry], seqs: list[int],
             assert blk.get(key, seq) == model_get(entries, key, seq), (key, seq)
 
 
+def test_block_get_ignores_matches_straddling_keys() -> None:
+    """Keys are stored back to back: a query equal to bytes spanning two keys, or to a
+    key's prefix or suffix, must not be found -- only whole keys are."""
+    entries: list[Entry] = [(b"ab", -4, b"1"), (b"abab", -3, b"2"), (b"b", -2, b"3"),
+                            (b"ba", -1, b"4")]
+    blk = build_block(entries)
+    stored = b"".join(e[0] for e in entries)
+    present = {e[0]: (-e[1], e[2]) for e in entries}
+    for i in range(len(stored)):
+        for j in range(i, len(stored) + 1):
+            query = stored[i:j]
+            assert blk.get(query, MAX_SEQ) == present.get(query), query
+
+
 def test_block_get_at_sequences() -> None:
     """Hand-written case: a key with put, delete, put; reads before, between and after."""
     entries: list[Entry] = [(b"a", -1, b"a1"), (b"k", -30, b"new"), (b"k", -20, None),
