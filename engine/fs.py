@@ -146,14 +146,25 @@ class FileSystem(ABC):
 # The real file system.
 
 
+# pwritev2 with RWF_DSYNC writes and syncs in one system call (Linux >= 4.7):
+# a durable append then gives up the GIL once instead of twice, and under
+# many threads the wait to get it back after the sync is what costs (it
+# exceeded the fdatasync itself in the 3-node cluster). 0 where unsupported.
+_RWF_DSYNC: int = getattr(os, "RWF_DSYNC", 0)
+
+
 class _OSWritableFile:
-    __slots__ = ("_buf", "_fd", "_size", "path")
+    __slots__ = ("_buf", "_fd", "_size", "_unsynced", "path")
 
     def __init__(self, path: str, flags: int = os.O_CREAT | os.O_TRUNC) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | flags, 0o644)
         self._buf = bytearray()
         self._size = os.fstat(self._fd).st_size
+        # True while bytes handed to the OS may not be durable yet. A reopened
+        # file counts: its old tail may be unsynced, and RWF_DSYNC covers only
+        # the bytes of its own write, so the first sync is a full fdatasync.
+        self._unsynced = self._size > 0
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -172,10 +183,26 @@ class _OSWritableFile:
         finally:
             view.release()
             del self._buf[:written]
+            if written:
+                self._unsynced = True
 
     def sync(self) -> None:
+        global _RWF_DSYNC
+        if _RWF_DSYNC and self._buf and not self._unsynced:
+            try:  # offset -1: write at the file position, like write(2)
+                written = os.pwritev(self._fd, [self._buf], -1, _RWF_DSYNC)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                _RWF_DSYNC = 0  # the kernel or file system refuses it: fdatasync from now on
+            else:
+                del self._buf[:written]
+                if not self._buf:
+                    return
+                self._unsynced = True  # a short write: finish the usual way
         self.flush()
         _datasync(self._fd)
+        self._unsynced = False
 
     def close(self) -> None:
         if self._fd < 0:

@@ -31,6 +31,7 @@ import heapq
 import logging
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -65,7 +66,9 @@ class Node:
         self._options = dict(engine_options)
         self._fs = fs
         self._snapshot_source = snapshot_source
-        self._waiters: list[tuple[int, int, threading.Event]] = []  # heap of (index, id, event)
+        # heap of (index, id, lock): a waiter blocks acquiring its own held raw
+        # lock, the applier wakes it with one release (cheaper than an Event).
+        self._waiters: list[tuple[int, int, Any]] = []
         self._waiters_lock = threading.Lock()
         self._tm_lock = threading.Lock()
         self._tm: LeaderTransactions | None = None
@@ -191,14 +194,15 @@ class Node:
             return self.applied >= index
         if self.applied >= index:
             return True
-        event = threading.Event()
+        wake = _allocate_lock()
+        wake.acquire()
         with self._waiters_lock:
             if self.applied >= index:
                 return True
             if self._stopping:  # stop() already woke everyone: nobody would wake us
                 return False
-            heapq.heappush(self._waiters, (index, id(event), event))
-        event.wait(timeout)
+            heapq.heappush(self._waiters, (index, id(wake), wake))
+        wake.acquire(timeout=max(0.0, timeout))
         return self.applied >= index
 
     def _wake_waiters(self, *, all_of_them: bool = False) -> None:
@@ -206,7 +210,7 @@ class Node:
         applied = self.applied
         with self._waiters_lock:
             while self._waiters and (all_of_them or self._waiters[0][0] <= applied):
-                heapq.heappop(self._waiters)[2].set()
+                heapq.heappop(self._waiters)[2].release()
 
     def _install_snapshot(self, base_index: int) -> None:
         """Replace the engine with a checkpoint of a peer that has applied past ``base_index``."""

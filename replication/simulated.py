@@ -83,6 +83,34 @@ class SnapshotNeeded(Exception):
 _Plan = tuple[int, NodeLog, tuple[int, int] | None, int | None, list[LogEntry]]
 
 
+class _Signal:
+    """A binary wake-up flag on one raw lock: ``set`` is one C call and never blocks.
+
+    Held lock = no signal pending. Cheaper than threading.Event (a Condition,
+    a Python-level notify_all) on the client's submit path, where every
+    proposal signals every replicator.
+    """
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # already signalled
+            pass
+
+    def clear(self) -> None:
+        self._lock.acquire(blocking=False)
+
+    def wait(self, timeout: float) -> None:
+        """Wait until signalled (consuming the signal) or ``timeout`` passes."""
+        self._lock.acquire(timeout=timeout)
+
+
 class _Proposal:
     __slots__ = ("_decided", "_sim", "index", "outcome", "term")
 
@@ -91,12 +119,17 @@ class _Proposal:
         self.index = index
         self.term = term
         self.outcome: bool | None = None
-        self._decided = threading.Event()  # only this proposal's waiter wakes
+        # Created by the first waiter only (most proposals are never waited on
+        # directly): only this proposal's waiter wakes. Guarded by sim._lock.
+        self._decided: threading.Event | None = None
 
     def decide(self, outcome: bool | None) -> None:
-        """Record the outcome (None: the group closed undecided) and wake the waiter."""
+        """Record the outcome (None: the group closed undecided) and wake the waiter.
+
+        Called with sim._lock held."""
         self.outcome = outcome
-        self._decided.set()
+        if self._decided is not None:
+            self._decided.set()
 
     def wait(self, timeout: float | None = None) -> bool:
         sim = self._sim
@@ -105,8 +138,13 @@ class _Proposal:
                 if self.outcome is not None:
                     return self.outcome
                 sim.tick()
-        else:
-            self._decided.wait(timeout)
+        elif self.outcome is None:
+            with sim._lock:
+                if self._decided is None:
+                    self._decided = threading.Event()
+                ev = self._decided
+            if self.outcome is None:
+                ev.wait(timeout)
         if self.outcome is not None:
             return self.outcome
         raise AmbiguousCommit(f"entry {self.index} (term {self.term}): outcome unknown "
@@ -136,7 +174,7 @@ class SimulatedConsensus:
         self._io = [threading.Lock() for _ in range(nodes)]
         # Targeted wake-ups: each replicator has a work event, each node's
         # appliers a condition on its commit index; _cv is for leadership waits.
-        self._work = [threading.Event() for _ in range(nodes)]
+        self._work = [_Signal() for _ in range(nodes)]
         self._node_cv = [threading.Condition(self._lock) for _ in range(nodes)]
         self._stopped = threading.Event()
         self._logs: list[NodeLog | None] = [self._open_log(i) for i in range(nodes)]
