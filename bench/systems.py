@@ -97,6 +97,12 @@ class Strata(System):
                 break
         return out
 
+    def write_amplification(self) -> float:
+        """Bytes flushes and compactions wrote, over the bytes of user data (keys + values)."""
+        s = self.db.stats()
+        written = s.get("bytes_flushed", 0) + s.get("bytes_compacted_out", 0)
+        return float(written / max(1, s.get("user_bytes_written", 0)))
+
     def settle(self) -> None:
         """Let background compaction finish (so a read benchmark measures the final shape)."""
         self.db.compact()

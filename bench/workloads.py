@@ -211,9 +211,14 @@ def _permutation(n: int, seed: int) -> Iterator[int]:
 def fillrandom(make: MakeSystem, cfg: Config) -> Measurement:
     sysm = make(durable=False)
     m = _load(sysm, cfg, cfg.keys)
+    write_amp = getattr(sysm, "write_amplification", None)
+    if write_amp:  # LSM engines: what background compaction had written by the end of the load
+        m.extra["write_amp_load"] = round(write_amp(), 2)
     settle = time.perf_counter()
     sysm.settle()  # type: ignore[attr-defined]
     m.extra["settle_seconds"] = time.perf_counter() - settle
+    if write_amp:  # ... and after settle's full compaction into the bottom level
+        m.extra["write_amp_settled"] = round(write_amp(), 2)
     m.extra["bytes_on_disk"] = sysm.bytes_on_disk()
     m.extra["bytes_per_key"] = m.extra["bytes_on_disk"] / cfg.keys
     sysm.close()
