@@ -216,10 +216,10 @@ class RocksDict(System):
         super().__init__(path, durable)
         opts = rocksdict.Options(raw_mode=True)
         opts.create_if_missing(True)
-        self._wo = rocksdict.WriteOptions()
+        self._wo = rocksdict.WriteOptions()  # the WAL is on by default
         self._wo.sync = durable
-        self._wo.disable_wal = False
-        self.db = rocksdict.Rdict(path, options=opts)
+        # Any: with raw_mode, keys and values are bytes, which the stubs cannot say.
+        self.db: Any = rocksdict.Rdict(path, options=opts)
         self.db.set_write_options(self._wo)
         self._rocksdict = rocksdict
 

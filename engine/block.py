@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 import sys
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Sequence
 from itertools import accumulate, chain
 
@@ -174,33 +174,14 @@ class Block:
         return self._raw[base + (ends[i - 1] if i else 0) : base + ends[i]]
 
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
-        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None.
-
-        Keys are stored back to back, so ``bytes.find`` locates ``key`` in C;
-        a hit counts only if it starts and ends exactly on an entry boundary
-        (a match straddling two keys is skipped). The first aligned hit is
-        the key's newest version, older ones follow it.
-        """
+        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None."""
+        i = self.find(key)
         raw = self._raw
         ends = self._key_ends
         tags = self._tags
         n = len(tags)
         size = len(key)
-        if not size:  # the empty key matches everywhere; it can only be first
-            if not n or ends[0]:
-                return None
-            i = 0
-        else:
-            limit = self._values_base
-            at = raw.find(key, 0, limit)
-            while at >= 0:
-                i = bisect_right(ends, at)  # the entry holding byte ``at``
-                if ends[i] - at == size and (ends[i - 1] if i else 0) == at:
-                    break
-                at = raw.find(key, at + 1, limit)
-            else:
-                return None
-        while True:
+        while i < n and ends[i] - (ends[i - 1] if i else 0) == size and self.key(i) == key:
             tag = tags[i]
             if tag >> 8 <= seq:
                 if not tag & 0xFF:
@@ -209,8 +190,7 @@ class Block:
                 vends = self._value_ends
                 return tag >> 8, raw[base + (vends[i - 1] if i else 0) : base + vends[i]]
             i += 1
-            if i == n or ends[i] - ends[i - 1] != size or self.key(i) != key:
-                return None
+        return None
 
     def entries(self, start: int, stop: int) -> list[Entry]:
         """Entries ``start:stop`` as (key, -sequence, value) tuples."""

@@ -154,7 +154,7 @@ _RWF_DSYNC: int = getattr(os, "RWF_DSYNC", 0)
 
 
 class _OSWritableFile:
-    __slots__ = ("_buf", "_fd", "_size", "_unsynced", "path")
+    __slots__ = ("_buf", "_failed", "_fd", "_size", "_unsynced", "path")
 
     def __init__(self, path: str, flags: int = os.O_CREAT | os.O_TRUNC) -> None:
         self.path = path
@@ -165,6 +165,7 @@ class _OSWritableFile:
         # file counts: its old tail may be unsynced, and RWF_DSYNC covers only
         # the bytes of its own write, so the first sync is a full fdatasync.
         self._unsynced = self._size > 0
+        self._failed: OSError | None = None  # a sync failed: the file is unusable
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
@@ -172,7 +173,13 @@ class _OSWritableFile:
         if len(self._buf) >= _WRITE_BUFFER_BYTES:
             self.flush()
 
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise OSError(errno.EIO, f"{self.path}: an earlier sync failed ({self._failed}); "
+                          "what reached the disk is unknown: reopen to recover")
+
     def flush(self) -> None:
+        self._check_usable()
         if not self._buf:
             return
         view = memoryview(self._buf)
@@ -187,28 +194,41 @@ class _OSWritableFile:
                 self._unsynced = True
 
     def sync(self) -> None:
+        """Make every byte appended so far durable, or fail for good.
+
+        A failed sync poisons the file (PostgreSQL's fsync lesson): the kernel
+        may have dropped the dirty pages, and a failed RWF_DSYNC write may or
+        may not have landed, so retrying could report lost bytes as durable or
+        append them twice. Recovery is reopening, which re-reads what is there.
+        """
         global _RWF_DSYNC
-        if _RWF_DSYNC and self._buf and not self._unsynced:
-            try:  # offset -1: write at the file position, like write(2)
-                written = os.pwritev(self._fd, [self._buf], -1, _RWF_DSYNC)
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
-                    raise
-                _RWF_DSYNC = 0  # the kernel or file system refuses it: fdatasync from now on
-            else:
-                del self._buf[:written]
-                if not self._buf:
-                    return
-                self._unsynced = True  # a short write: finish the usual way
-        self.flush()
-        _datasync(self._fd)
+        self._check_usable()
+        try:
+            if _RWF_DSYNC and self._buf and not self._unsynced:
+                try:  # offset -1: write at the file position, like write(2)
+                    written = os.pwritev(self._fd, [self._buf], -1, _RWF_DSYNC)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                        raise
+                    _RWF_DSYNC = 0  # refused before writing anything: fdatasync from now on
+                else:
+                    del self._buf[:written]
+                    if not self._buf:
+                        return
+                    self._unsynced = True  # a short write: finish the usual way
+            self.flush()
+            _datasync(self._fd)
+        except OSError as exc:
+            self._failed = exc
+            raise
         self._unsynced = False
 
     def close(self) -> None:
         if self._fd < 0:
             return
         try:
-            self.flush()
+            if self._failed is None:
+                self.flush()
         finally:
             os.close(self._fd)
             self._fd = -1

@@ -332,7 +332,6 @@ class Table:
     def block_offset(self, i: int) -> int:
         return self._handles[i][0]
 
-
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
         """Newest version of ``key`` with sequence <= ``seq`` (skips the filter)."""
         i = bisect_left(self._index_keys, key)

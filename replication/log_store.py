@@ -26,6 +26,7 @@ driver).
 
 from __future__ import annotations
 
+import errno
 import logging
 import struct
 import threading
@@ -61,6 +62,7 @@ class NodeLog:
         self.term = 0
         self.entries: list[LogEntry] = []
         self._pending: list[bytes] = []
+        self._failed: BaseException | None = None  # a sync failed: fail-stop until reopened
         fs.mkdirs(dirname)
         self._segment, self._file, self._writer = self._recover()
 
@@ -207,13 +209,21 @@ class NodeLog:
     def sync(self) -> int:
         """Make every change so far durable; return the last index now on stable storage."""
         with self._lock:
+            if self._failed is not None:  # never report as durable what a failed sync left
+                raise OSError(errno.EIO, f"log of node {self._node}: an earlier sync failed "
+                              f"({self._failed}); restart the node to recover")
             pending, self._pending = self._pending, []
             last = self.last_index
         if not pending:
             return last
-        for rec in pending:
-            self._writer.add_record(rec)
-        self._file.sync()
+        try:
+            for rec in pending:
+                self._writer.add_record(rec)
+            self._file.sync()
+        except BaseException as exc:
+            with self._lock:
+                self._failed = exc
+            raise
         return last
 
     def compact(self, upto: int) -> None:

@@ -87,7 +87,7 @@ def test_block_get_matches_model(entries: list[Entry], seqs: list[int],
 
 def test_block_get_ignores_matches_straddling_keys() -> None:
     """Keys are stored back to back: a query equal to bytes spanning two keys, or to a
-    key's prefix or suffix, must not be found -- only whole keys are."""
+    key's prefix or suffix, is not found -- only whole keys are."""
     entries: list[Entry] = [(b"ab", -4, b"1"), (b"abab", -3, b"2"), (b"b", -2, b"3"),
                             (b"ba", -1, b"4")]
     blk = build_block(entries)
@@ -97,6 +97,18 @@ def test_block_get_ignores_matches_straddling_keys() -> None:
         for j in range(i, len(stored) + 1):
             query = stored[i:j]
             assert blk.get(query, MAX_SEQ) == present.get(query), query
+
+
+def test_block_get_with_repetitive_keys() -> None:
+    """Keys that contain each other many times over (a, aa, aaa, ...): every one is found,
+    and nothing else is."""
+    entries: list[Entry] = [(b"a" * n, -n, b"%d" % n) for n in range(1, 91)]
+    entries.sort(key=lambda e: (e[0], e[1]))
+    blk = build_block(entries)
+    for n in range(1, 91):
+        assert blk.get(b"a" * n, MAX_SEQ) == (n, b"%d" % n)
+    assert blk.get(b"a" * 91, MAX_SEQ) is None and blk.get(b"aab", MAX_SEQ) is None
+    assert blk.get(b"a" * 50, 49) is None
 
 
 def test_block_get_at_sequences() -> None:
