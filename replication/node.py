@@ -31,7 +31,7 @@ import heapq
 import logging
 import threading
 import time
-from _thread import allocate_lock as _allocate_lock
+from _thread import LockType, allocate_lock
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -68,7 +68,7 @@ class Node:
         self._snapshot_source = snapshot_source
         # heap of (index, id, lock): a waiter blocks acquiring its own held raw
         # lock, the applier wakes it with one release (cheaper than an Event).
-        self._waiters: list[tuple[int, int, Any]] = []
+        self._waiters: list[tuple[int, int, LockType]] = []
         self._waiters_lock = threading.Lock()
         self._tm_lock = threading.Lock()
         self._tm: LeaderTransactions | None = None
@@ -194,7 +194,7 @@ class Node:
             return self.applied >= index
         if self.applied >= index:
             return True
-        wake = _allocate_lock()
+        wake = allocate_lock()
         wake.acquire()
         with self._waiters_lock:
             if self.applied >= index:

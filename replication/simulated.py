@@ -126,7 +126,8 @@ class _Proposal:
     def decide(self, outcome: bool | None) -> None:
         """Record the outcome (None: the group closed undecided) and wake the waiter.
 
-        Called with sim._lock held."""
+        Called with sim._lock held.
+        """
         self.outcome = outcome
         if self._decided is not None:
             self._decided.set()
