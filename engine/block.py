@@ -11,10 +11,11 @@ Grammar of an uncompressed block (little-endian; FORMAT.md has the prose)::
 
 Entries are sorted by (key ascending, sequence descending). There is no
 prefix compression: the block is lz4-compressed as a whole, and decoding must
-be a handful of C-level calls because Python pays per object created: the
-arrays are read in place through ``memoryview`` casts (little-endian hosts)
-and a point read slices only the keys its binary search probes. A decoded
-:class:`Block` is what the block cache holds.
+be a handful of C-level calls because Python pays per object created. A
+point read slices only the keys its binary search probes and reads one tag
+and one value offset with ``struct``; scans read the arrays in place through
+``memoryview`` casts (little-endian hosts). A decoded :class:`Block` is what
+the block cache holds.
 
 Pure module.
 """
@@ -25,11 +26,17 @@ import struct
 import sys
 from bisect import bisect_left
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import accumulate, chain
 
 __all__ = ["Block", "BlockBuilder", "BlockFormatError"]
 
 _TRAILER = struct.Struct("<II")
+_U32 = struct.Struct("<I")
+_U32X2 = struct.Struct("<II")
+_U64 = struct.Struct("<Q")
+_UNKNOWN: list[slice] = []  # Block._slices before the first search decides
+_LITTLE_ENDIAN = sys.byteorder == "little"
 Entry = tuple[bytes, int, bytes | None]
 
 
@@ -99,38 +106,80 @@ class BlockBuilder:
 class Block:
     """A decoded, immutable block, searched in place.
 
-    Decoding does no per-entry work: the offset and tag arrays are
-    ``memoryview`` casts over the raw bytes (one C call each). A point lookup
-    binary-searches by slicing only the keys it probes; the full key list is
-    built on first use by a scan (:attr:`keys`) and then shared with later
-    lookups, which ``bisect`` it in C.
+    Decoding does no per-entry work and creates few objects, because a point
+    read that misses the cache decodes a whole block to use one entry, and
+    every object it makes is later freed by an eviction. A block whose keys
+    all have one width (fixed-size keys are common) is searched by ``bisect``
+    in C over key slices shared by all such blocks; its tag and value offset
+    are then read with ``struct``. Other blocks are binary-searched over a
+    ``memoryview`` of their key ends. The arrays a scan walks (``_ends``,
+    ``_tags``) are ``memoryview`` casts made on first use. A decoded block is
+    what the block cache holds.
     """
 
-    __slots__ = ("_key_ends", "_keys", "_raw", "_tags", "_value_ends", "_values_base")
+    __slots__ = ("_at", "_ends", "_keys", "_n", "_raw", "_slices", "_tags", "_values_base")
 
     def __init__(self, raw: bytes) -> None:
         size = len(raw)
         if size < 8:
             raise BlockFormatError("block shorter than its trailer")
+        n: int
+        keys_len: int
         n, keys_len = _TRAILER.unpack_from(raw, size - 8)
-        arrays = size - 8 - 16 * n
-        if arrays < keys_len:
+        at = size - 8 - 16 * n  # where the arrays start (= keys_len + values_len)
+        if at < keys_len:
             raise BlockFormatError(f"block of {size} bytes cannot hold {n} entries")
         self._raw = raw
-        self._key_ends, self._value_ends, self._tags = _arrays(raw, arrays, n)
-        if n and (self._key_ends[n - 1] != keys_len
-                  or keys_len + self._value_ends[n - 1] != arrays):
-            raise BlockFormatError("block offsets do not match its regions")
+        self._n: int = n
+        self._at: int = at
         self._values_base = keys_len
         self._keys: list[bytes] | None = None
+        self._ends: Sequence[int] | None = None  # key_ends then value_ends, on first use
+        self._tags: Sequence[int] | None = None
+        self._slices: list[slice] | None = _UNKNOWN  # fixed-width layout, found on first search
+        if n and _U32.unpack_from(raw, at + 4 * n - 4)[0] != keys_len:
+            raise BlockFormatError("block key offsets do not match its key region")
+        if n and keys_len + _U32.unpack_from(raw, at + 8 * n - 4)[0] != at:
+            raise BlockFormatError("block value offsets do not match its value region")
+
+    def _fixed_slices(self) -> list[slice] | None:
+        """The shared key slices if every key has one width, else None (decided once).
+
+        Only blocks that are searched get here -- data blocks, of a few dozen
+        entries -- so the layouts cached are few and small; an index block,
+        whose entry count differs per table, never is.
+        """
+        raw, at, n = self._raw, self._at, self._n
+        slices = None
+        if n:
+            (width,) = _U32.unpack_from(raw, at)
+            if width and self._values_base == n * width:
+                progression, candidate = _fixed_layout(width, n)
+                if raw[at : at + 4 * n] == progression:  # every key end checked, in C
+                    slices = candidate
+        self._slices = slices
+        return slices
+
+    def _arrays(self) -> tuple[Sequence[int], Sequence[int]]:
+        """(key_ends + value_ends, tags) as read-only int sequences, made once."""
+        if self._ends is None or self._tags is None:
+            raw, at, n = self._raw, self._at, self._n
+            if _LITTLE_ENDIAN:  # in place
+                view = memoryview(raw)[at : at + 16 * n]
+                self._tags = view[8 * n :].cast("Q")
+                self._ends = view[: 8 * n].cast("I")
+            else:  # pragma: no cover - big-endian hosts decode into tuples
+                self._ends = struct.unpack_from(f"<{2 * n}I", raw, at)
+                self._tags = struct.unpack_from(f"<{n}Q", raw, at + 8 * n)
+        return self._ends, self._tags
 
     def __len__(self) -> int:
-        return len(self._tags)
+        return self._n
 
     @property
     def charge(self) -> int:
         """Approximate heap bytes this decoded block holds (for the cache budget)."""
-        return len(self._raw) + 600 + (60 * len(self._tags) if self._keys is not None else 0)
+        return len(self._raw) + 600 + (60 * self._n if self._keys is not None else 0)
 
     @property
     def keys(self) -> list[bytes]:
@@ -138,17 +187,23 @@ class Block:
         keys = self._keys
         if keys is None:
             raw = self._raw
-            ends = self._key_ends
-            keys = self._keys = [raw[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+            if self._slices is not None and self._slices is not _UNKNOWN:
+                keys = [raw[s] for s in self._slices]
+            else:
+                ends = self._arrays()[0][: self._n]
+                keys = [raw[a:b] for a, b in zip(chain((0,), ends), ends, strict=False)]
+            self._keys = keys
         return keys
 
     @property
     def tags(self) -> Sequence[int]:
         """``sequence << 8 | kind`` per entry."""
-        return self._tags
+        return self._arrays()[1]
 
     def key(self, i: int) -> bytes:
-        ends = self._key_ends
+        if self._slices is not None and self._slices is not _UNKNOWN:
+            return self._raw[self._slices[i]]
+        ends = self._arrays()[0]
         return self._raw[ends[i - 1] if i else 0 : ends[i]]
 
     def find(self, key: bytes) -> int:
@@ -156,8 +211,13 @@ class Block:
         if self._keys is not None:
             return bisect_left(self._keys, key)
         raw = self._raw
-        ends = self._key_ends
-        lo, hi = 0, len(ends)
+        slices = self._slices
+        if slices is _UNKNOWN:
+            slices = self._fixed_slices()
+        if slices is not None:
+            return bisect_left(slices, key, key=raw.__getitem__)
+        ends = self._arrays()[0]
+        lo, hi = 0, self._n
         while lo < hi:
             mid = (lo + hi) >> 1
             if raw[ends[mid - 1] if mid else 0 : ends[mid]] < key:
@@ -167,62 +227,99 @@ class Block:
         return lo
 
     def value(self, i: int) -> bytes | None:
-        if not self._tags[i] & 0xFF:
+        """Value of entry ``i``; None for a tombstone."""
+        ends, tags = self._arrays()
+        if not tags[i] & 0xFF:
             return None
+        n = self._n
         base = self._values_base
-        ends = self._value_ends
-        return self._raw[base + (ends[i - 1] if i else 0) : base + ends[i]]
+        return self._raw[base + (ends[n + i - 1] if i else 0) : base + ends[n + i]]
 
     def get(self, key: bytes, seq: int) -> tuple[int, bytes | None] | None:
-        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None."""
-        i = self.find(key)
+        """Newest version of ``key`` with sequence <= ``seq`` in this block, or None.
+
+        The fixed-width search is written out here (it is every point read's
+        hot path); other blocks go through :meth:`find` and :meth:`key`.
+        """
         raw = self._raw
-        ends = self._key_ends
-        tags = self._tags
-        n = len(tags)
-        size = len(key)
-        while i < n and ends[i] - (ends[i - 1] if i else 0) == size and self.key(i) == key:
-            tag = tags[i]
+        n = self._n
+        slices = self._slices
+        if slices is _UNKNOWN:
+            slices = self._fixed_slices()
+        if slices is not None:
+            i = bisect_left(slices, key, key=raw.__getitem__)
+            if i == n or raw[slices[i]] != key:
+                return None
+        else:
+            i = self.find(key)
+            if i == n or self.key(i) != key:
+                return None
+        tags_at = self._at + 8 * n
+        while True:  # versions of key, newest first
+            (tag,) = _U64.unpack_from(raw, tags_at + 8 * i)
             if tag >> 8 <= seq:
                 if not tag & 0xFF:
                     return tag >> 8, None
                 base = self._values_base
-                vends = self._value_ends
-                return tag >> 8, raw[base + (vends[i - 1] if i else 0) : base + vends[i]]
+                if i:
+                    a, b = _U32X2.unpack_from(raw, self._at + 4 * (n + i - 1))
+                    return tag >> 8, raw[base + a : base + b]
+                return tag >> 8, raw[base : base + _U32.unpack_from(raw, self._at + 4 * n)[0]]
             i += 1
-        return None
+            if i == n or self.key(i) != key:
+                return None
 
     def entries(self, start: int, stop: int) -> list[Entry]:
         """Entries ``start:stop`` as (key, -sequence, value) tuples."""
         raw = self._raw
-        kends = self._key_ends
-        vends = self._value_ends
-        tags = self._tags
+        ends, tags = self._arrays()
+        n = self._n
         base = self._values_base
         out: list[Entry] = []
         append = out.append
-        ka = kends[start - 1] if start else 0
-        va = base + (vends[start - 1] if start else 0)
-        for i in range(start, stop):
-            kb = kends[i]
-            vb = base + vends[i]
-            tag = tags[i]
+        ka = ends[start - 1] if start else 0
+        va = base + (ends[n + start - 1] if start else 0)
+        for kb, vb, tag in zip(ends[start:stop], ends[n + start : n + stop], tags[start:stop],
+                               strict=True):
+            vb += base
             append((raw[ka:kb], -(tag >> 8), raw[va:vb] if tag & 0xFF else None))
             ka = kb
             va = vb
         return out
 
 
-_Arrays = tuple[Sequence[int], Sequence[int], Sequence[int]]
+    def visible_items(self, start: int, stop: int, seq: int) -> list[tuple[bytes, bytes]]:
+        """What a reader at ``seq`` sees of entries ``start:stop``: (key, value) pairs.
 
-if sys.byteorder == "little":
-    def _arrays(raw: bytes, at: int, n: int) -> _Arrays:
-        """key_ends, value_ends and tags, read in place."""
-        mv = memoryview(raw)
-        return (mv[at : at + 4 * n].cast("I"), mv[at + 4 * n : at + 8 * n].cast("I"),
-                mv[at + 8 * n : at + 16 * n].cast("Q"))
-else:  # pragma: no cover - big-endian hosts decode into tuples
-    def _arrays(raw: bytes, at: int, n: int) -> _Arrays:
-        return (struct.unpack_from(f"<{n}I", raw, at),
-                struct.unpack_from(f"<{n}I", raw, at + 4 * n),
-                struct.unpack_from(f"<{n}Q", raw, at + 8 * n))
+        The same as ``iterators.visible(self.entries(start, stop), seq)`` in one
+        pass that builds no entry tuples: a scan reading one table (nothing to
+        merge) spends most of its time here.
+        """
+        raw = self._raw
+        ends, tags = self._arrays()
+        n = self._n
+        base = self._values_base
+        out: list[tuple[bytes, bytes]] = []
+        append = out.append
+        prev = None
+        ka = ends[start - 1] if start else 0
+        va = base + (ends[n + start - 1] if start else 0)
+        for kb, vb, tag in zip(ends[start:stop], ends[n + start : n + stop], tags[start:stop],
+                               strict=True):
+            vb += base
+            if tag >> 8 <= seq:  # else too new for this reader: an older version may follow
+                key = raw[ka:kb]
+                if key != prev:  # the newest version the reader sees; older ones follow
+                    prev = key
+                    if tag & 0xFF:
+                        append((key, raw[va:vb]))
+            ka = kb
+            va = vb
+        return out
+
+
+@lru_cache(maxsize=256)
+def _fixed_layout(width: int, n: int) -> tuple[bytes, list[slice]]:
+    """The ``key_ends`` bytes of ``n`` keys of ``width`` bytes, and the slices of those keys."""
+    ends = range(width, width * n + 1, width)
+    return struct.pack(f"<{n}I", *ends), [slice(e - width, e) for e in ends]

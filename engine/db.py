@@ -667,13 +667,16 @@ class Engine:
     @staticmethod
     def _cursors(sv: _SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
                  ) -> list[Cursor]:
-        cursors: list[Cursor] = [MemCursor(sv.mem, lo, hi, reverse)]
+        # An empty memtable has nothing for this scan even if written to later:
+        # the scan's sequence was read first, and writes become visible only
+        # after they are in the memtable.
+        cursors: list[Cursor] = [MemCursor(sv.mem, lo, hi, reverse)] if len(sv.mem) else []
         cursors += [MemCursor(imm, lo, hi, reverse) for imm in sv.imms]
         for t in sv.l0:
             p = t.props
             if (lo is None or p.largest >= lo) and (hi is None or p.smallest < hi):
                 cursors.append(t.cursor(lo, hi, reverse))
-        cursors += [LevelCursor(tables, lo, hi, reverse) for _, tables in sv.levels]
+        cursors += [LevelCursor(tables, lo, hi, reverse, largest) for largest, tables in sv.levels]
         return cursors
 
     def snapshot(self) -> Snapshot:
@@ -1033,6 +1036,7 @@ class Engine:
                 block_cache_bytes=self._cache.used_bytes,
                 block_cache_hits=self._cache.hits,
                 block_cache_misses=self._cache.misses,
+                block_cache_rejected=self._cache.rejected,
                 table_index_filter_bytes=sum(t.memory_bytes for t in self._tables.values()),
                 txn_commits=self._certifier.commits,
                 txn_aborts=dict(self._certifier.aborts),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from enum import IntEnum
 
 import crc32c as _crc32c
@@ -26,9 +27,9 @@ __all__ = [
 ]
 
 # Version of every file the engine writes (WAL, manifest, SSTable). Files
-# carrying a larger number are refused with a clear error; see FORMAT.md for
-# the history.
-FORMAT_VERSION = 1
+# carrying a larger number are refused with a clear error; older versions
+# are read. See FORMAT.md for the history.
+FORMAT_VERSION = 2
 
 
 class Kind(IntEnum):
@@ -57,9 +58,10 @@ class FileKind(IntEnum):
 _CRC_MASK_DELTA = 0xA282EAD8
 
 
-def crc(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """crc32c (Castagnoli) of ``data``, continuing from ``value``."""
-    return _crc32c.crc32c(data, value)
+# crc32c (Castagnoli) of a buffer, optionally continuing from a previous
+# value: ``crc(data, value=0)``. The C function itself, not a wrapper, as every
+# block read calls it.
+crc: Callable[..., int] = _crc32c.crc32c
 
 
 def mask_crc(c: int) -> int:

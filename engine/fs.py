@@ -28,6 +28,7 @@ Thread-safety: distinct file objects may be used from different threads; one
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import posixpath
 import random
@@ -74,7 +75,13 @@ class RandomAccessFile(Protocol):
 
     path: str
 
-    def read(self, offset: int, n: int) -> bytes: ...
+    @property
+    def pread(self) -> Callable[[int, int], bytes]:
+        """``pread(n, offset)``: ``n`` bytes at ``offset`` (fewer at the end).
+
+        ``os.pread``'s argument order, so that the OS file's can be a C call.
+        """
+
     def size(self) -> int: ...
     def close(self) -> None: ...
 
@@ -237,23 +244,28 @@ class _OSWritableFile:
         return self._size
 
 
+def _read_closed(n: int, offset: int) -> bytes:
+    raise ValueError("read of a closed file")
+
+
 class _OSRandomAccessFile:
-    __slots__ = ("__weakref__", "_fd", "_finalizer", "_size", "path")
+    __slots__ = ("__weakref__", "_fd", "_finalizer", "_size", "path", "pread")
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd = os.open(path, os.O_RDONLY)
         self._size = os.fstat(self._fd).st_size
         self._finalizer = weakref.finalize(self, os.close, self._fd)
-
-    def read(self, offset: int, n: int) -> bytes:
-        return os.pread(self._fd, n, offset)
+        # Every block a point read misses comes through here: a C partial,
+        # not a Python method around os.pread.
+        self.pread: Callable[[int, int], bytes] = functools.partial(os.pread, self._fd)
 
     def size(self) -> int:
         return self._size
 
     def close(self) -> None:
         self._finalizer()
+        self.pread = _read_closed  # the descriptor number may be reused by another file
 
 
 class _OSFileLock:
@@ -397,7 +409,7 @@ class _MemRandomAccessFile:
         self.path = path
         self._inode = inode
 
-    def read(self, offset: int, n: int) -> bytes:
+    def pread(self, n: int, offset: int) -> bytes:
         self._fs._fault("read", self.path)
         return bytes(self._inode.data[offset : offset + n])
 

@@ -35,7 +35,12 @@ _MAX_CHUNK = 1024
 
 
 class Cursor(Protocol):
-    def next_chunk(self) -> list[Entry]: ...
+    def next_chunk(self) -> list[Entry]:
+        """The next key-complete chunk of entries, ascending; ``[]`` when done."""
+
+    def next_visible(self, seq: int) -> list[tuple[bytes, bytes]] | None:
+        """The next chunk as a reader at ``seq`` sees it (used when there is nothing to
+        merge); None when done."""
 
 
 class MemCursor:
@@ -68,37 +73,69 @@ class MemCursor:
             self._lo_inclusive = False
         return chunk
 
+    def next_visible(self, seq: int) -> list[tuple[bytes, bytes]] | None:
+        chunk = self.next_chunk()
+        return visible(chunk, seq) if chunk else None
+
 
 class LevelCursor:
-    """Cursor over the sorted, non-overlapping tables of one level >= 1."""
+    """Cursor over the sorted, non-overlapping tables of one level >= 1.
+
+    ``largest`` (each table's largest key, as the superversion keeps it) lets
+    the cursor find its first table by bisection: a short scan of a level of
+    hundreds of tables opens one or two of them and looks at no others.
+    """
 
     __slots__ = ("_current", "_hi", "_i", "_lo", "_reverse", "_tables")
 
     def __init__(self, tables: Sequence[Table], lo: bytes | None, hi: bytes | None,
-                 reverse: bool) -> None:
+                 reverse: bool, largest: Sequence[bytes] | None = None) -> None:
         self._lo = lo
         self._hi = hi
         self._reverse = reverse
-        # Only tables intersecting [lo, hi).
-        self._tables = [t for t in tables
-                        if (lo is None or t.props.largest >= lo)
-                        and (hi is None or t.props.smallest < hi)]
-        if reverse:
-            self._tables.reverse()
-        self._i = 0
+        self._tables = tables
         self._current: TableCursor | None = None
+        if largest is None:
+            largest = [t.props.largest for t in tables]
+        if not reverse:
+            self._i = 0 if lo is None else bisect_left(largest, lo)
+        else:  # the table holding hi, or the last one; next_chunk skips it if it starts at hi
+            self._i = len(tables) - 1 if hi is None else min(bisect_left(largest, hi),
+                                                             len(tables) - 1)
 
     def next_chunk(self) -> list[Entry]:
-        while True:
-            if self._current is None:
-                if self._i >= len(self._tables):
-                    return []
-                self._current = self._tables[self._i].cursor(self._lo, self._hi, self._reverse)
-                self._i += 1
-            chunk = self._current.next_chunk()
+        while (current := self._table_cursor()) is not None:
+            chunk = current.next_chunk()
             if chunk:
                 return chunk
             self._current = None
+        return []
+
+    def next_visible(self, seq: int) -> list[tuple[bytes, bytes]] | None:
+        while (current := self._table_cursor()) is not None:
+            items = current.next_visible(seq)
+            if items is not None:
+                return items
+            self._current = None
+        return None
+
+    def _table_cursor(self) -> TableCursor | None:
+        """The cursor of the table being read, opening the next one if needed; None at the end."""
+        while self._current is None:
+            i = self._i
+            if self._reverse:
+                if i < 0 or (self._lo is not None and self._tables[i].props.largest < self._lo):
+                    return None
+                self._i = i - 1
+                if self._hi is not None and self._tables[i].props.smallest >= self._hi:
+                    continue
+            else:
+                if i >= len(self._tables) or (
+                        self._hi is not None and self._tables[i].props.smallest >= self._hi):
+                    return None
+                self._i = i + 1
+            self._current = self._tables[i].cursor(self._lo, self._hi, self._reverse)
+        return self._current
 
 
 def merged_chunks(cursors: Sequence[Cursor], reverse: bool) -> Iterator[list[Entry]]:
@@ -165,6 +202,17 @@ def scan_items(cursors: Sequence[Cursor], seq: int, reverse: bool,
 
     ``check`` runs before each chunk (the engine raises there once closed).
     """
+    if len(cursors) == 1:  # nothing to merge: the cursor filters as it decodes
+        cursor = cursors[0]
+        while True:
+            if check is not None:
+                check()
+            found = cursor.next_visible(seq)
+            if found is None:
+                return
+            if reverse:
+                found.reverse()
+            yield from found
     for chunk in merged_chunks(cursors, reverse):
         if check is not None:
             check()

@@ -51,7 +51,7 @@ class Options:
     max_batch_bytes: int = 64 * MiB
 
     # SSTables.
-    block_bytes: int = 8 * KiB
+    block_bytes: int = 4 * KiB
     compression: Literal["lz4", "none"] = "lz4"
     bloom_bits_per_key: int = 10
     block_cache_bytes: int = 32 * MiB

@@ -51,6 +51,7 @@ _FOOTER_HEAD = struct.Struct("<QIQIQII")  # the 40 bytes the footer CRC covers
 _HANDLE = struct.Struct("<QI")
 _BLOCK_TRAILER = 5
 RAW, LZ4 = 0, 1
+_U32 = struct.Struct("<I")
 _FIRST_CHUNK = 16
 _BYTES_PER_SYNC = 1 << 20
 _MAX_CHUNK = 1 << 16
@@ -74,7 +75,7 @@ class TableProperties:
     raw_key_bytes: int
     raw_value_bytes: int
     compression: str
-    format_version: int = FORMAT_VERSION
+    format_version: int
     distinct_keys: int = 0  # 0: unknown (the property was added after the first tables)
 
     @property
@@ -198,6 +199,7 @@ class TableBuilder:
             raw_key_bytes=self._raw_key_bytes,
             raw_value_bytes=self._raw_value_bytes,
             compression=self._options.compression,
+            format_version=FORMAT_VERSION,
             distinct_keys=len(self._distinct),
         )
         props_handle = self._write(_encode_properties(props), False)
@@ -250,7 +252,7 @@ class Table:
         size = self._file.size()
         if size < FOOTER_SIZE:
             raise CorruptionError(path, 0, f"file of {size} bytes is too short for a table")
-        foot = self._file.read(size - FOOTER_SIZE, FOOTER_SIZE)
+        foot = self._file.pread(FOOTER_SIZE, size - FOOTER_SIZE)
         fields = _FOOTER.unpack(foot)
         ioff, isize, foff, fsize, poff, psize, version, stored_crc, magic = fields
         where = size - FOOTER_SIZE
@@ -271,7 +273,7 @@ class Table:
         ]
         fbody = self.read_body(foff, fsize, "filter")
         try:
-            self._filter = BloomFilter(fbody) if fbody else None
+            self._filter = BloomFilter(fbody, blocked=version >= 2) if fbody else None
         except ValueError as exc:
             raise CorruptionError(path, foff, f"bad filter block: {exc}") from None
         # ``may_contain(h, delta)``: False if the key is certainly absent. Bound
@@ -290,20 +292,19 @@ class Table:
 
     def read_body(self, offset: int, size: int, what: str) -> bytes:
         """Read, check and decompress the block body at ``offset``."""
-        data = self._file.read(offset, size + _BLOCK_TRAILER)
+        data = self._file.pread(size + _BLOCK_TRAILER, offset)
         if len(data) != size + _BLOCK_TRAILER:
             raise CorruptionError(self.path, offset, f"{what} block truncated")
-        (stored,) = struct.unpack_from("<I", data, size + 1)
-        if mask_crc(crc(memoryview(data)[: size + 1])) != stored:
+        if mask_crc(crc(memoryview(data)[: size + 1])) != _U32.unpack_from(data, size + 1)[0]:
             raise CorruptionError(self.path, offset, f"{what} block checksum mismatch")
         btype = data[size]
-        if btype == RAW:
-            return data[:size]
         if btype == LZ4:
             try:
                 return lz4.block.decompress(memoryview(data)[:size])  # type: ignore[no-any-return]
             except Exception as exc:  # lz4 raises a bare LZ4BlockError
                 raise CorruptionError(self.path, offset, f"{what} block: lz4: {exc}") from None
+        if btype == RAW:
+            return data[:size]
         raise CorruptionError(self.path, offset, f"{what} block has unknown type {btype}")
 
     @property
@@ -320,8 +321,13 @@ class Table:
         ckey = self._cache_base | offset
         blk = self._cache.get(ckey)
         if blk is None:
-            blk = self._decode(offset, size, "data")
-            self._cache.put(ckey, blk, blk.charge)
+            blk = self._fill(ckey, offset, size)
+        return blk
+
+    def _fill(self, ckey: int, offset: int, size: int) -> Block:
+        """Read data block at ``offset`` from disk and add it to the cache as ``ckey``."""
+        blk = self._decode(offset, size, "data")
+        self._cache.put(ckey, blk, blk.charge)
         return blk
 
     def read_block_uncached(self, i: int) -> Block:
@@ -338,10 +344,10 @@ class Table:
         if i == len(self._index_keys):
             return None
         offset, size = self._handles[i]  # self.block(i), inlined: this is the hot path
-        blk = self._cache.get(self._cache_base | offset)
+        ckey = self._cache_base | offset
+        blk = self._cache.get(ckey)
         if blk is None:
-            blk = self._decode(offset, size, "data")
-            self._cache.put(self._cache_base | offset, blk, blk.charge)
+            blk = self._fill(ckey, offset, size)
         return blk.get(key, seq)
 
     def cursor(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> TableCursor:
@@ -421,6 +427,16 @@ class TableCursor:
             self._done = self._done or self._bi >= n
 
     def next_chunk(self) -> list[Entry]:
+        span = self._next_span()
+        return [] if span is None else span[0].entries(span[1], span[2])
+
+    def next_visible(self, seq: int) -> list[tuple[bytes, bytes]] | None:
+        """The next chunk as the (key, value) pairs a reader at ``seq`` sees; None when done."""
+        span = self._next_span()
+        return None if span is None else span[0].visible_items(span[1], span[2], seq)
+
+    def _next_span(self) -> tuple[Block, int, int] | None:
+        """The block and entry range of the next chunk, or None when done."""
         while not self._done:
             blk = self._blk
             if blk is None:
@@ -438,17 +454,17 @@ class TableCursor:
                 while start > lo_i and blk.key(start - 1) == blk.key(start):
                     start -= 1
                 self._hi_i = start
-                chunk = blk.entries(start, hi_i)
+                span = (blk, start, hi_i)
             else:
                 end = min(hi_i, lo_i + limit)
                 while end < hi_i and blk.key(end) == blk.key(end - 1):
                     end += 1
                 self._lo_i = end
-                chunk = blk.entries(lo_i, end)
+                span = (blk, lo_i, end)
             if self._lo_i >= self._hi_i:
                 self._next_block(blk)
-            return chunk
-        return []
+            return span
+        return None
 
     def _next_block(self, blk: Block) -> None:
         """Move past ``blk``, or finish if the range ends in it."""

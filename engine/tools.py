@@ -434,7 +434,7 @@ def _block_handles(fs: FileSystem, table: Table) -> list[tuple[int, int]]:
     """The (offset, size) of every data block, from the footer and index block."""
     f = fs.open_read(table.path)
     try:
-        head = f.read(f.size() - FOOTER_SIZE, _FOOTER_HANDLES.size)
+        head = f.pread(_FOOTER_HANDLES.size, f.size() - FOOTER_SIZE)
     finally:
         f.close()
     ioff, isize = _FOOTER_HANDLES.unpack(head)[:2]

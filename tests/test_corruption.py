@@ -20,7 +20,7 @@ import pytest
 
 import engine
 from engine.cache import LRUCache
-from engine.encoding import crc, mask_crc
+from engine.encoding import FORMAT_VERSION, crc, mask_crc
 from engine.fs import MemFS, OSFileSystem
 from engine.invariants import VerifyReport, check_table
 from engine.options import Options
@@ -382,19 +382,19 @@ def test_truncated_table_file(store: tuple[str, dict[bytes, bytes]]) -> None:
 
 
 def test_newer_table_format_version_is_refused(store: tuple[str, dict[bytes, bytes]]) -> None:
-    """A table whose footer says format version 2 (with a valid crc) is refused by version."""
+    """A table whose footer says a newer format version (with a valid crc) is refused by version."""
     path, _ = store
     sst = tables_of(path)[0]
     data = bytearray(Path(sst).read_bytes())
     foot = len(data) - FOOTER_SIZE
     fields = list(FOOTER.unpack_from(data, foot))
-    assert fields[6] == 1
-    fields[6] = 2
+    assert fields[6] == FORMAT_VERSION
+    fields[6] = FORMAT_VERSION + 1
     head = FOOTER.pack(*fields)[:40]
     fields[7] = mask_crc(crc(head))
     data[foot:] = FOOTER.pack(*fields)
     Path(sst).write_bytes(bytes(data))
-    with pytest.raises(engine.CorruptionError, match="version 2") as info:
+    with pytest.raises(engine.CorruptionError, match=f"version {FORMAT_VERSION + 1}") as info:
         engine.open(path, **OPTS)
     assert info.value.path == sst
     assert "newer" in str(info.value)

@@ -4,7 +4,7 @@ What is measured (one benchmark per hot path, grouped by component; every
 benchmark's docstring says what it times and why it matters): memtable insert
 and lookup, block encode/decode/get, bloom hash/build/probe, log framing
 (``LogWriter.add_record``, ``read_log``), WAL group and batch codecs, lz4 on
-an 8 KiB block, ``Table.get`` with and without the block cache, a merged scan,
+a 4 KiB block, ``Table.get`` with and without the block cache, a merged scan,
 the SSI certifier, and ``Engine.put``/``Engine.get`` on a MemFS. Sizes are in
 ``bench/micro/bench_hotpaths.py``; the whole suite takes about 30 seconds.
 

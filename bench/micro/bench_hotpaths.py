@@ -4,14 +4,14 @@ Each benchmark times one call of one hot path on data built once, outside the
 timed function, by a fixture. Sizes (LevelDB db_bench's defaults where they
 apply): keys are 16 bytes (``user%012d``), values 100 bytes and about 50%
 compressible (50 random bytes twice, like db_bench's ``--compression_ratio``),
-blocks 8 KiB, bloom filters 10 bits per key::
+blocks 4 KiB, bloom filters 10 bits per key::
 
     memtable        100,000 keys; the first 1,000 also have 3 newer versions
-    block           one data block of ~8 KiB (62 entries)
+    block           one data block of ~4 KiB (31 entries)
     bloom           10,000 keys
     log             150-byte and 40 KiB records; a 1 MiB log of 150-byte records
     codec           16-batch WAL write group; 100-op batch
-    table           50,000 keys on a MemFS (lz4, 8 KiB blocks)
+    table           50,000 keys on a MemFS (lz4, 4 KiB blocks)
     scan            20,000 keys spread over 4 sources, 100 keys read
     ssi             50 active transactions (5 point reads each, 1 in 10 also
                     scans 10 keys) and 20 committed blind writes tracked
@@ -58,7 +58,7 @@ VALUE_BYTES = 100
 MEMTABLE_KEYS = 100_000
 MULTI_VERSION_KEYS = 1_000  # the memtable's first 1,000 keys get 3 newer versions each
 NEWER_VERSIONS = 3
-BLOCK_BYTES = 8 * KiB
+BLOCK_BYTES = 4 * KiB
 BLOOM_KEYS = 10_000
 BLOOM_BITS_PER_KEY = 10
 SMALL_RECORD_BYTES = 150
@@ -252,7 +252,7 @@ class BlockFixture:
 
 @pytest.fixture(scope="module")
 def data_block() -> BlockFixture:
-    """One data block as TableBuilder cuts it: entries until the estimate reaches 8 KiB."""
+    """One data block as TableBuilder cuts it: entries until the estimate reaches 4 KiB."""
     rng = random.Random(4)
     builder = BlockBuilder()
     keys: list[bytes] = []
@@ -268,14 +268,14 @@ def data_block() -> BlockFixture:
 
 @pytest.mark.benchmark(group="block")
 def test_block_encode(benchmark: BenchmarkFixture, data_block: BlockFixture) -> None:
-    """BlockBuilder.finish of an 8 KiB block: once per block written by flush and compaction."""
+    """BlockBuilder.finish of a 4 KiB block: once per block written by flush and compaction."""
     benchmark.extra_info.update(block_bytes=len(data_block.raw), entries=len(data_block.keys))
     benchmark(data_block.builder.finish)
 
 
 @pytest.mark.benchmark(group="block")
 def test_block_decode(benchmark: BenchmarkFixture, data_block: BlockFixture) -> None:
-    """Block(raw) of an 8 KiB block: every block-cache miss and every block compaction reads."""
+    """Block(raw) of a 4 KiB block: every block-cache miss and every block compaction reads."""
     benchmark.extra_info.update(block_bytes=len(data_block.raw), entries=len(data_block.keys))
     benchmark(Block, data_block.raw)
 
@@ -436,7 +436,7 @@ def test_codec_batch_decode_100(benchmark: BenchmarkFixture,
 
 @pytest.mark.benchmark(group="lz4")
 def test_lz4_compress_8k(benchmark: BenchmarkFixture, data_block: BlockFixture) -> None:
-    """lz4.block.compress of an 8 KiB data block: the library cost per block written."""
+    """lz4.block.compress of a 4 KiB data block: the library cost per block written."""
     packed = lz4.block.compress(data_block.raw)
     benchmark.extra_info.update(raw_bytes=len(data_block.raw), packed_bytes=len(packed))
     benchmark(lz4.block.compress, data_block.raw)
@@ -444,7 +444,7 @@ def test_lz4_compress_8k(benchmark: BenchmarkFixture, data_block: BlockFixture) 
 
 @pytest.mark.benchmark(group="lz4")
 def test_lz4_decompress_8k(benchmark: BenchmarkFixture, data_block: BlockFixture) -> None:
-    """lz4.block.decompress of an 8 KiB data block: the library cost per block-cache miss."""
+    """lz4.block.decompress of a 4 KiB data block: the library cost per block-cache miss."""
     packed = lz4.block.compress(data_block.raw)
     benchmark.extra_info.update(raw_bytes=len(data_block.raw), packed_bytes=len(packed))
     benchmark(lz4.block.decompress, packed)
