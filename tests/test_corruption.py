@@ -142,7 +142,7 @@ def test_flipped_data_block_byte(templates: dict[str, tuple[str, dict[bytes, byt
     sst = tables_of(path)[1]
     t = open_table(sst)
     block = 1 if t.num_blocks > 1 else 0
-    offset, size = t._handles[block]
+    offset, size = t._offsets[block], t._sizes[block]
     in_block = set(t.block(block).keys)
     t.close()
     assert in_block
