@@ -13,10 +13,11 @@ Since format version 2 the filter is *blocked* (Putze, Sanders & Singler,
 the same): ``h`` picks one 512-bit line and every probe falls inside it, at
 ``(p + i * s) mod 512`` with ``p = (delta >> 1) mod 512`` and odd
 ``s = (delta >> 10) | 1``. A probe of a large store is then one or two cache
-misses instead of one per probe; in Python, where a miss costs as much as
-the arithmetic, this made random gets of 5M keys about 15% faster. The price
-is a slightly higher false-positive rate, about 1.0% at 10 bits per key
-against 0.84% for the unblocked filter.
+misses instead of one per probe, and -- holding each line as a Python int --
+one mask test instead of a Python loop per probe: for a present key, about
+0.3 µs where the unblocked filter took 1.5 µs of a 9 µs get at 5M keys. The
+price is a slightly higher false-positive rate, about 1.0% at 10 bits per
+key against 0.84% for the unblocked filter.
 
 Version 1 tables carry an unblocked filter: probe ``i`` tests bit
 ``(h + i * delta) mod nbits`` (double hashing, Kirsch & Mitzenmacher; the
