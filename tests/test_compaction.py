@@ -340,6 +340,21 @@ def assert_matches(db: engine.Engine, model: dict[bytes, bytes], nkeys: int = 40
     assert list(db.scan()) == sorted(model.items())
 
 
+def check_range_scans(reader: engine.Engine | engine.Snapshot, model: dict[bytes, bytes],
+                      rng: random.Random, rounds: int) -> None:
+    """``rounds`` random ranges (unbounded, empty, inside and between keys), scanned
+    forward and in reverse, equal the model's slice of them."""
+    items = sorted(model.items())
+    bounds: list[bytes | None] = [None, b"", b"key", b"zzz"]
+    bounds += [b"key%05d" % rng.randrange(400) for _ in range(30)]
+    bounds += [b"key%05d\x00" % rng.randrange(400) for _ in range(10)]
+    for _ in range(rounds):
+        lo, hi = rng.choice(bounds), rng.choice(bounds)
+        want = [(k, v) for k, v in items if (lo is None or k >= lo) and (hi is None or k < hi)]
+        assert list(reader.scan(lo, hi)) == want, (lo, hi)
+        assert list(reader.scan(lo, hi, reverse=True)) == want[::-1], (lo, hi)
+
+
 def test_compaction_end_to_end(seed: int) -> None:
     """Overwrites and deletes through many compactions read back exactly; L1+ never overlap."""
     rng = random.Random(seed)
@@ -422,15 +437,7 @@ def test_scans_across_memtable_l0_and_deeper_levels(seed: int) -> None:
     assert stats["levels"][0]["files"] == 2
     assert sum(lv["files"] for lv in stats["levels"][1:]) > 0
     assert stats["memtable_bytes"] > 0
-    items = sorted(model.items())
-    bounds: list[bytes | None] = [None, b"", b"key", b"zzz"]
-    bounds += [b"key%05d" % rng.randrange(400) for _ in range(30)]
-    bounds += [b"key%05d\x00" % rng.randrange(400) for _ in range(10)]
-    for _ in range(150):
-        lo, hi = rng.choice(bounds), rng.choice(bounds)
-        want = [(k, v) for k, v in items if (lo is None or k >= lo) and (hi is None or k < hi)]
-        assert list(db.scan(lo, hi)) == want, (lo, hi)
-        assert list(db.scan(lo, hi, reverse=True)) == want[::-1], (lo, hi)
+    check_range_scans(db, model, rng, 150)
     db.close()
 
 
@@ -452,17 +459,8 @@ def test_scans_of_one_level_filter_while_decoding(seed: int) -> None:
     assert not len(sv.mem) and not sv.imms and not sv.l0 and len(sv.levels) == 1
     assert sum(f.entries for _, f in sv.version.files()) > len(model)  # old versions kept
     assert sum(t.props.deletions for _, t in live_tables(db)) > 0  # and tombstones
-    bounds: list[bytes | None] = [None, b"", b"key", b"zzz"]
-    bounds += [b"key%05d" % rng.randrange(400) for _ in range(30)]
-    bounds += [b"key%05d\x00" % rng.randrange(400) for _ in range(10)]
-    for reader, data in ((db, model), (snap, old)):
-        items = sorted(data.items())
-        for _ in range(80):
-            lo, hi = rng.choice(bounds), rng.choice(bounds)
-            want = [(k, v) for k, v in items
-                    if (lo is None or k >= lo) and (hi is None or k < hi)]
-            assert list(reader.scan(lo, hi)) == want, (lo, hi)
-            assert list(reader.scan(lo, hi, reverse=True)) == want[::-1], (lo, hi)
+    check_range_scans(db, model, rng, 80)
+    check_range_scans(snap, old, rng, 80)
     snap.release()
     db.close()
 
