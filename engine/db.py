@@ -55,7 +55,7 @@ from engine.batch import Buffer, WriteBatch, check_key, check_value
 from engine.block import Block
 from engine.bloom import key_hash
 from engine.cache import LRUCache
-from engine.encoding import FileKind, file_name, parse_file_name
+from engine.encoding import CLUSTER_DESCRIPTOR, FileKind, file_name, parse_file_name
 from engine.errors import (
     ClosedError,
     CorruptionError,
@@ -266,6 +266,9 @@ class Engine:
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
         self._transactions = _LocalTransactions(self)
+        if self._fs.exists(self._fs.join(path, CLUSTER_DESCRIPTOR)):
+            raise InvalidArgument(f"{path} holds a replicated cluster, not an engine store: "
+                                  f"open it with replication.open")
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
         try:
@@ -800,12 +803,15 @@ class Engine:
             with self._mutex:
                 imms = self._sv.imms
                 log_number = imms[-2].wal_number if len(imms) > 1 else self._sv.mem.wal_number
-                self._manifest_last_seq = max(self._manifest_last_seq, imm.last_seq)
+                last_seq = max(self._manifest_last_seq, imm.last_seq)
                 edit = VersionEdit(log_number=log_number, next_file=self._next_file,
-                                   last_sequence=self._manifest_last_seq,
+                                   last_sequence=last_seq,
                                    added=((0, _meta(props)),) if props is not None else ())
             self._log_edit(edit)
             with self._mutex:
+                # Only now, with the edit synced, may persisted_sequence trust it:
+                # a replica's log is truncated up to that sequence.
+                self._manifest_last_seq = last_seq
                 if props is not None and table is not None:
                     self._tables[number] = table
                     self._stats["flushes"] += 1
@@ -830,7 +836,8 @@ class Engine:
                 old = self._manifest.number
                 number = self._take_file_number()
                 snap = version.snapshot_edit(self._log_number, self._next_file,
-                                             self._manifest_last_seq)
+                                             max(self._manifest_last_seq,
+                                                 edit.last_sequence or 0))
             self._manifest.install(number, snap)
             self._fs.remove(self._fs.join(self.path, file_name(FileKind.MANIFEST, old)))
 

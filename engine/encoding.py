@@ -81,6 +81,11 @@ _SUFFIX = {FileKind.WAL: ".log", FileKind.TABLE: ".sst"}
 _NAME_RE = re.compile(r"^(\d{6,})\.(log|sst)$|^MANIFEST-(\d{6,})$")
 
 
+# A replicated cluster's directory holds this file (replication/cluster.py
+# writes it); the engine refuses such a directory rather than mix its files in.
+CLUSTER_DESCRIPTOR = "CLUSTER"
+
+
 def file_name(kind: FileKind, number: int) -> str:
     """The file name for file ``number`` of ``kind`` (``000012.log``, ``MANIFEST-000003``)."""
     if kind is FileKind.MANIFEST:
@@ -97,3 +102,8 @@ def parse_file_name(name: str) -> tuple[FileKind, int] | None:
         return FileKind.MANIFEST, int(m.group(3))
     kind = FileKind.WAL if m.group(2) == "log" else FileKind.TABLE
     return kind, int(m.group(1))
+
+
+def store_files(names: list[str]) -> list[str]:
+    """The names among ``names`` that belong to an engine store (its tables, logs, manifest)."""
+    return [n for n in names if n == "CURRENT" or parse_file_name(n) is not None]

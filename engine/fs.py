@@ -48,6 +48,7 @@ __all__ = [
     "OSFileSystem",
     "RandomAccessFile",
     "WritableFile",
+    "atomic_write",
 ]
 
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
@@ -148,6 +149,9 @@ class FileSystem(ABC):
     def join(self, *parts: str) -> str:
         return os.path.join(*parts)
 
+    def dirname(self, path: str) -> str:
+        return os.path.dirname(path)
+
 
 # --------------------------------------------------------------------------
 # The real file system.
@@ -158,6 +162,25 @@ class FileSystem(ABC):
 # many threads the wait to get it back after the sync is what costs (it
 # exceeded the fdatasync itself in the 3-node cluster). 0 where unsupported.
 _RWF_DSYNC: int = getattr(os, "RWF_DSYNC", 0)
+
+
+def atomic_write(fs: FileSystem, path: str, fill: Callable[[WritableFile], None]) -> None:
+    """Write a whole new file at ``path`` so that a crash leaves the old one or the new one.
+
+    The one discipline for every file that replaces another (CURRENT, a
+    replica log segment, an engine pointer, a cluster descriptor):
+    ``fill`` writes ``path.tmp``, which is synced, renamed over ``path``,
+    and the directory synced so the rename itself is durable.
+    """
+    tmp = path + ".tmp"
+    f = fs.create(tmp)
+    try:
+        fill(f)
+        f.sync()
+    finally:
+        f.close()
+    fs.rename(tmp, path)
+    fs.sync_dir(fs.dirname(path))
 
 
 class _OSWritableFile:
@@ -456,6 +479,9 @@ class MemFS(FileSystem):
 
     def join(self, *parts: str) -> str:
         return posixpath.join(*parts)
+
+    def dirname(self, path: str) -> str:
+        return posixpath.dirname(path)
 
     def set_fault(self, hook: FaultHook | None) -> None:
         self._fault_hook = hook

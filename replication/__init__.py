@@ -39,8 +39,11 @@ __all__ = [
 ]
 
 
-def open(path: str, nodes: int = 3, **options: Any) -> KeyValueStore:
+def open(path: str, nodes: int | None = None, **options: Any) -> KeyValueStore:
     """Open (creating if needed) an embedded cluster of ``nodes`` replicas under ``path``.
+
+    ``nodes`` is 3, 5 or 7; omitted, a new cluster gets 3 and an existing one
+    keeps the size its directory records.
 
     Returns a KeyValueStore that owns the cluster: closing the store closes it.
     Keyword options go to :meth:`Cluster.open`.

@@ -32,9 +32,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import engine
+from engine.encoding import store_files
 from engine.errors import ClosedError, CorruptionError, InvalidArgument
-from engine.fs import FileSystem, OSFileSystem
-from replication.errors import NotLeader, Unavailable
+from engine.fs import FileLock, FileSystem, OSFileSystem, atomic_write
+from replication.errors import NodeDamaged, NotLeader, Unavailable
 from replication.node import Node
 from replication.simulated import SimulatedConsensus
 
@@ -48,29 +50,59 @@ DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
     "memtable_bytes": 4 << 20,
     "block_cache_bytes": 8 << 20,
 }
+_DESCRIPTOR_PREFIX = b"stratakv-cluster v1 nodes="
 
 
 class Cluster:
-    """N replicas agreeing through a :class:`SimulatedConsensus`. Thread-safe."""
+    """N replicas agreeing through a :class:`SimulatedConsensus`. Thread-safe.
 
-    def __init__(self, path: str, nodes: int, *, fs: FileSystem | None = None,
-                 engine_options: dict[str, Any] | None = None, election_delay: float = 0.15,
-                 latency: float = 0.0, seed: int | None = None, deterministic: bool = False,
-                 timeout: float = 2.0, max_log_entries: int = 50_000) -> None:
+    Opening takes ``<path>/LOCK`` before it reads or writes any other file
+    of the cluster, and holds it until :meth:`close`: a second open, in
+    another process or in this one, raises :class:`engine.LockedError` and
+    touches nothing. A replica whose log or engine fails a check on open is
+    one of the f failures the cluster tolerates: it stays down, out of every
+    quorum and every read, :meth:`stats` reports it, and :meth:`repair`
+    re-seeds it from a healthy peer. More than f damaged replicas: open
+    raises the first CorruptionError.
+    """
+
+    def __init__(self, path: str, nodes: int | None = None, *, fs: FileSystem | None = None,
+                 engine_options: dict[str, Any] | engine.Options | None = None,
+                 election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
+                 deterministic: bool = False, timeout: float = 2.0,
+                 max_log_entries: int = 50_000) -> None:
+        if nodes is not None and (type(nodes) is not int or nodes not in VALID_SIZES):
+            raise InvalidArgument(f"nodes must be 3, 5 or 7, got {nodes!r}")
+        if not timeout > 0:
+            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout!r}")
+        if isinstance(engine_options, engine.Options):
+            self.engine_options = engine_options.validate()
+        else:  # a misspelled setting fails here, before any file is touched
+            self.engine_options = engine.Options(
+                **{**DEFAULT_ENGINE_OPTIONS, **(engine_options or {})}).validate()
         self.path = path
         self.fs = fs or OSFileSystem()
         self.timeout = timeout
         self.max_log_entries = max_log_entries
-        self._check_layout(nodes)
-        options = {**DEFAULT_ENGINE_OPTIONS, **(engine_options or {})}
-        self.consensus = SimulatedConsensus(path, nodes, fs=self.fs,
-                                            election_delay=election_delay, latency=latency,
-                                            seed=seed, deterministic=deterministic)
-        self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus, options, self.fs,
-                           self._snapshot_for, timeout=timeout) for i in range(nodes)]
-        for node in self.nodes:
-            node.start()
+        self._dir_lock = self._lock_directory()
         self._closed = False
+        self.nodes: list[Node] = []
+        try:
+            size = self._check_layout(nodes)
+            self.consensus = SimulatedConsensus(path, size, fs=self.fs,
+                                                election_delay=election_delay, latency=latency,
+                                                seed=seed, deterministic=deterministic)
+            self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus,
+                               self.engine_options, self.fs, self._snapshot_for,
+                               timeout=timeout) for i in range(size)]
+            self._start_nodes()
+        except BaseException:
+            for node in self.nodes:
+                node.stop()
+            if hasattr(self, "consensus"):
+                self.consensus.close()
+            self._dir_lock.release()
+            raise
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
         if not deterministic:
@@ -79,31 +111,66 @@ class Cluster:
             self._maintenance.start()
 
     @classmethod
-    def open(cls, path: str, nodes: int = 3, **kwargs: Any) -> Cluster:
-        """Create or reopen the cluster in directory ``path``; ``nodes`` is 3, 5 or 7."""
+    def open(cls, path: str, nodes: int | None = None, **kwargs: Any) -> Cluster:
+        """Create or reopen the cluster in directory ``path``.
+
+        ``nodes`` is 3, 5 or 7; omitted, it is read from the cluster's
+        ``CLUSTER`` file (3 for a new cluster).
+        """
         return cls(path, nodes, **kwargs)
 
-    def _check_layout(self, nodes: int) -> None:
-        if type(nodes) is not int or nodes not in VALID_SIZES:
-            raise InvalidArgument(f"nodes must be 3, 5 or 7, got {nodes!r}")
-        self.fs.mkdirs(self.path)
+    def _lock_directory(self) -> FileLock:
+        """Refuse an engine store's directory, then take ``<path>/LOCK`` (before any file)."""
+        fs = self.fs
+        if fs.exists(self.path):
+            owned = store_files(fs.listdir(self.path))
+            if owned:
+                raise InvalidArgument(f"{self.path} holds an engine store ({owned[0]}), not a "
+                                      f"cluster: open it with engine.open")
+        fs.mkdirs(self.path)
+        return fs.lock(fs.join(self.path, "LOCK"))
+
+    def _check_layout(self, nodes: int | None) -> int:
+        """The cluster's size from ``CLUSTER`` (written for a new cluster); check ``nodes``."""
         meta = self.fs.join(self.path, "CLUSTER")
-        text = f"stratakv-cluster v1 nodes={nodes}\n".encode()
         if self.fs.exists(meta):
             stored = self.fs.read_file(meta)
-            if not stored.startswith(b"stratakv-cluster v1 nodes="):
+            digits = stored[len(_DESCRIPTOR_PREFIX):].strip()
+            if not stored.startswith(_DESCRIPTOR_PREFIX) or not digits.isdigit():
                 raise CorruptionError(meta, 0, f"not a cluster descriptor: {stored[:40]!r}")
-            if stored != text:
-                raise InvalidArgument(f"{self.path} holds a cluster of "
-                                      f"{stored.split(b'=')[1].strip().decode()} nodes, "
+            size = int(digits)
+            if size not in VALID_SIZES:
+                raise CorruptionError(meta, 0, f"cluster of {size} nodes")
+            if nodes is not None and nodes != size:
+                raise InvalidArgument(f"{self.path} holds a cluster of {size} nodes, "
                                       f"not {nodes}")
-            return
-        f = self.fs.create(meta + ".tmp")
-        f.append(text)
-        f.sync()
-        f.close()
-        self.fs.rename(meta + ".tmp", meta)
-        self.fs.sync_dir(self.path)
+            return size
+        size = 3 if nodes is None else nodes
+        atomic_write(self.fs, meta, lambda f: f.append(_DESCRIPTOR_PREFIX + b"%d\n" % size))
+        return size
+
+    def _start_nodes(self) -> None:
+        """Start every replica that is not damaged; too many damaged is a CorruptionError."""
+        damaged: dict[int, CorruptionError] = dict(self.consensus.damaged)
+        for node in self.nodes:
+            if node.id in damaged:
+                node.damaged = NodeDamaged(node.id, damaged[node.id])
+                continue
+            try:
+                node.start()
+            except CorruptionError as exc:
+                log.error("cluster: node %d stays down, its engine is damaged: %s", node.id, exc)
+                self.consensus.crash(node.id)
+                node.damaged = NodeDamaged(node.id, exc)
+                damaged[node.id] = exc
+        if len(damaged) > len(self.nodes) - self.consensus.quorum:
+            raise next(iter(damaged.values()))
+
+    def node(self, node: object) -> Node:
+        """Replica ``node``; InvalidArgument unless it is an id of this cluster."""
+        if type(node) is not int or not 0 <= node < len(self.nodes):
+            raise InvalidArgument(f"node must be an int in [0, {len(self.nodes)}), got {node!r}")
+        return self.nodes[node]
 
     # -- the group ----------------------------------------------------------------------
 
@@ -155,13 +222,75 @@ class Cluster:
     def crash(self, node: int) -> None:
         """Kill replica ``node``: its applier stops, its engine's memtable and unsynced log
         entries are lost; it replays what it misses from the log when restarted."""
-        self.nodes[node].stop(crash=True)
+        self.node(node).stop(crash=True)
         self.consensus.crash(node)
 
     def restart(self, node: int) -> None:
-        """Bring replica ``node`` back; it catches up from the log (or a peer's snapshot)."""
+        """Bring replica ``node`` back; it catches up from the log (or a peer's snapshot).
+
+        Raises InvalidArgument if it is running, NodeDamaged if its log or
+        engine fails a check (it then stays down; see :meth:`repair`).
+        """
+        n = self.node(node)
+        if self._closed:
+            raise ClosedError(f"cluster at {self.path} is closed")
+        if n.engine is not None:
+            raise InvalidArgument(f"node {node} is running: crash it before restarting it")
         self.consensus.restart(node)
-        self.nodes[node].start()
+        try:
+            n.start()
+        except CorruptionError as exc:
+            self.consensus.crash(node)
+            n.damaged = NodeDamaged(node, exc)
+            raise n.damaged from exc
+        n.damaged = None
+
+    def repair(self, node: int) -> None:
+        """Re-seed down replica ``node`` from a checkpoint of the leader, then start it.
+
+        For a replica whose log or engine is damaged (or lost): its directory
+        is deleted, the leader's engine -- once it has applied everything
+        committed -- is checkpointed into it, and its log restarts after the
+        checkpoint's index. The node then catches up like any follower.
+        Needs a serving leader (Unavailable otherwise).
+        """
+        n = self.node(node)
+        if n.engine is not None:
+            raise InvalidArgument(f"node {node} is running: only a down node can be repaired")
+        leader = self.leader()
+        if not leader.wait_applied(self.consensus.commit_index, self.timeout):
+            raise Unavailable(f"leader {leader.id} did not apply the log in time for a repair")
+        source = leader.engine
+        if source is None:
+            raise Unavailable(f"leader {leader.id} went down during the repair")
+        if self.fs.exists(n.path):
+            self.fs.remove_tree(n.path)
+        self.fs.mkdirs(n.path)
+        seq = source.checkpoint(n.engine_dir(1))
+        term = self.consensus.term_at(seq)
+        if term is None:
+            raise Unavailable(f"the log no longer names the term of index {seq}; retry")
+        self.consensus.reseed(node, seq, term)
+        n.start()
+        n.damaged = None
+        log.warning("cluster: node %d repaired from a checkpoint of node %d at index %d",
+                    node, leader.id, seq)
+
+    def stats(self) -> dict[str, Any]:
+        """Leader, term, commit index and, per node, its state, applied index and damage."""
+        c = self.consensus
+        per_node = []
+        for n in self.nodes:
+            state = ("damaged" if n.damaged is not None else "failed" if n.failed is not None
+                     else "running" if n.alive else "down")
+            per_node.append({
+                "id": n.id, "state": state, "applied_index": n.applied,
+                "commit_index": c.node_commit_index(n.id),
+                "snapshots_installed": n.snapshots_installed,
+                "damage": None if n.damaged is None else str(n.damaged.cause),
+            })
+        return {"leader": c.leader_id, "term": c.term, "commit_index": c.commit_index,
+                "first_index": c.first_index, "elections": c.elections, "nodes": per_node}
 
     def partition(self, nodes: Sequence[int]) -> None:
         self.consensus.partition(nodes)
@@ -252,9 +381,12 @@ class Cluster:
         self._stop.set()
         if self._maintenance is not None:
             self._maintenance.join()
-        for node in self.nodes:
-            node.stop()
-        self.consensus.close()
+        try:
+            for node in self.nodes:
+                node.stop()
+            self.consensus.close()
+        finally:
+            self._dir_lock.release()
 
     def __enter__(self) -> Cluster:
         return self

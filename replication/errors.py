@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from engine.errors import EngineError
 
-__all__ = ["AmbiguousCommit", "NotLeader", "ReplicationError", "Unavailable"]
+__all__ = [
+    "AmbiguousCommit",
+    "NodeDamaged",
+    "NotLeader",
+    "ReplicationError",
+    "SnapshotNeeded",
+    "Unavailable",
+]
 
 
 class ReplicationError(EngineError):
@@ -28,17 +35,65 @@ class Unavailable(ReplicationError):
 class NotLeader(ReplicationError):
     """The node that ran the operation lost leadership before it committed; nothing was.
 
-    ``KeyValueStore.run_transaction`` retries these on the new leader.
+    ``leader`` is the node believed to lead now (None if unknown), a hint
+    for where to retry. ``KeyValueStore`` retries these on the new leader.
     """
 
     retryable = True
+
+    def __init__(self, message: str, *, leader: int | None = None) -> None:
+        self.leader = leader
+        super().__init__(message)
 
 
 class AmbiguousCommit(ReplicationError):
     """The outcome is unknown: the write reached the log but its fate was not learned in time.
 
-    It may or may not be applied later. Not retried automatically: blindly
-    running a write twice can break linearizability; read back to find out.
+    It may or may not be applied later -- whole, never in part. It is not
+    retried automatically: running a write twice can break linearizability.
+
+    The entry is identified by ``index`` and ``term`` (in Raft a log index
+    and a term name one entry for ever) and carries ``txn_id``, the random id
+    encoded in its payload. To resolve it, call
+    ``KeyValueStore.outcome(exc)``: it waits until the log is committed at
+    ``index`` and answers True if the entry committed there is this one
+    (same term), False if another entry took its place. Once the log prefix
+    holding ``index`` was truncated the term is no longer known and
+    ``outcome`` raises Unavailable; resolve before then (the log keeps at
+    least ``Cluster.max_log_entries`` entries).
     """
 
     retryable = False
+
+    def __init__(self, message: str, *, index: int, term: int, txn_id: bytes = b"") -> None:
+        self.index = index
+        self.term = term
+        self.txn_id = txn_id
+        super().__init__(message)
+
+
+class SnapshotNeeded(ReplicationError):
+    """A node's log starts after the entries its state machine still needs.
+
+    ``base_index`` is the last index the log no longer holds: the node must
+    install a snapshot of at least that index before it can apply the log.
+    """
+
+    def __init__(self, base_index: int) -> None:
+        self.base_index = base_index
+        super().__init__(f"log starts after index {base_index}: install a snapshot")
+
+
+class NodeDamaged(ReplicationError):
+    """A replica's stored log or engine failed a check; the node stays down until repaired.
+
+    ``node`` is the replica and ``cause`` the :class:`engine.CorruptionError`
+    that named the damaged file and offset. ``Cluster.repair(node)`` re-seeds
+    it from a healthy peer.
+    """
+
+    def __init__(self, node: int, cause: BaseException) -> None:
+        self.node = node
+        self.cause = cause
+        super().__init__(f"node {node} is damaged: {cause}; Cluster.repair({node}) re-seeds it "
+                         f"from a healthy peer")

@@ -18,10 +18,27 @@ syncs it, renames it into place and syncs the directory; recovery reads the
 newest complete segment. A torn tail is cut off; damage followed by valid
 records is :class:`engine.CorruptionError`.
 
-Thread-safety: ``append``/``truncate``/``set_term`` and the queries may be
-called from any thread (they take ``_lock`` briefly); ``sync``, ``compact``,
-``reset`` and ``close`` are called by one thread at a time (the consensus
-driver).
+Locks (the invariants every method keeps):
+
+1. ``_lock`` owns the in-memory log -- ``_base_index``, ``_base_term``,
+   ``_term``, ``_entries`` -- and the queue of records not yet written,
+   ``_pending``. Every read and every write of them holds it, so a reader
+   never sees entries of one base with the index of another, and a record
+   is either in ``_pending`` or already part of a segment, never both.
+2. ``_file_lock`` owns the open segment (``_segment``, ``_file``,
+   ``_writer``) and ``_failed``; ``sync``, ``compact``, ``reset`` and
+   ``close`` hold it for their file I/O, so none of them can write a
+   segment another is replacing. Lock order: ``_file_lock`` before
+   ``_lock``; file I/O never happens under ``_lock``, so appends (a
+   leader's submit path) never wait for a disk.
+3. A rewrite (``compact``/``reset``) takes the whole state *and* empties
+   ``_pending`` in one ``_lock`` section, then writes that state: changes
+   made after it are queued and go to the new segment on the next sync.
+   (It once iterated the live entry list while appends went on, so an entry
+   appended during the rewrite was written twice and the log would not
+   reopen: "entry N where N+1 expected".)
+
+Every method may be called from any thread.
 """
 
 from __future__ import annotations
@@ -32,9 +49,10 @@ import struct
 import threading
 
 from engine.errors import CorruptionError
-from engine.fs import FileSystem, WritableFile
+from engine.fs import FileSystem, WritableFile, atomic_write
 from engine.record import LogWriter, read_log
 from replication.consensus import LogEntry
+from replication.errors import SnapshotNeeded
 
 __all__ = ["NodeLog"]
 
@@ -57,10 +75,11 @@ class NodeLog:
         self._dir = dirname
         self._node = node
         self._lock = threading.Lock()
-        self.base_index = 0  # entries <= base were compacted away
-        self.base_term = 0
-        self.term = 0
-        self.entries: list[LogEntry] = []
+        self._file_lock = threading.Lock()
+        self._base_index = 0  # entries <= base were compacted away
+        self._base_term = 0
+        self._term = 0
+        self._entries: list[LogEntry] = []
         self._pending: list[bytes] = []
         self._failed: BaseException | None = None  # a sync failed: fail-stop until reopened
         fs.mkdirs(dirname)
@@ -81,10 +100,11 @@ class NodeLog:
         return self._fs.join(self._dir, f"{number:06d}.rlog")
 
     def _recover(self) -> tuple[int, WritableFile, LogWriter]:
+        """Read the newest segment (single-threaded: the log is not shared yet)."""
         segments = self._segments()
         if not segments:
             number = 1
-            self._write_segment(number)
+            self._write_segment(number, self._state())
         else:
             number = segments[-1]
             for old in segments[:-1]:
@@ -117,143 +137,197 @@ class NodeLog:
                 tag = rec[0]
                 if tag == ENTRY:
                     _, index, term = _ENTRY.unpack_from(rec)
-                    self._append_memory(LogEntry(index, term, rec[_ENTRY.size :]), path, offset)
+                    expected = self._base_index + len(self._entries) + 1
+                    if index != expected:
+                        raise CorruptionError(path, offset,
+                                              f"entry {index} where {expected} expected")
+                    self._entries.append(LogEntry(index, term, rec[_ENTRY.size :]))
                 elif tag == TRUNCATE:
                     _, start = _U64.unpack(rec)
-                    del self.entries[max(0, start - self.base_index - 1) :]
+                    del self._entries[max(0, start - self._base_index - 1) :]
                 elif tag == TERM:
-                    _, self.term = _U64.unpack(rec)
+                    _, self._term = _U64.unpack(rec)
                 elif tag == BASE:
-                    _, self.base_index, self.base_term = _BASE.unpack(rec)
-                    self.entries = []
+                    _, self._base_index, self._base_term = _BASE.unpack(rec)
+                    self._entries = []
                 else:
                     raise CorruptionError(path, offset, f"unknown record tag {tag}")
             except (struct.error, IndexError):
                 raise CorruptionError(path, offset, "truncated replication log record") from None
 
-    def _append_memory(self, entry: LogEntry, path: str, offset: int) -> None:
-        expected = self.base_index + len(self.entries) + 1
-        if entry.index != expected:
-            raise CorruptionError(path, offset, f"entry {entry.index} where {expected} expected")
-        self.entries.append(entry)
+    def _state(self) -> tuple[int, int, int, list[LogEntry]]:
+        """(base index, base term, term, entries): what a new segment holds. Holds _lock."""
+        return self._base_index, self._base_term, self._term, list(self._entries)
 
-    def _write_segment(self, number: int) -> None:
-        """Write a complete segment holding the current state, atomically."""
+    def _write_segment(self, number: int, state: tuple[int, int, int, list[LogEntry]]) -> None:
+        """Write a complete segment holding ``state``, atomically. Holds _file_lock, not _lock."""
+        base_index, base_term, term, entries = state
+        records = [_HEADER.pack(_MAGIC, FORMAT_VERSION, self._node),
+                   _BASE.pack(BASE, base_index, base_term), _U64.pack(TERM, term)]
+        records += [_ENTRY.pack(ENTRY, e.index, e.term) + e.payload for e in entries]
         path = self._path(number)
-        tmp = path + ".tmp"
-        f = self._fs.create(tmp)
-        w = LogWriter(f)
-        w.add_record(_HEADER.pack(_MAGIC, FORMAT_VERSION, self._node))
-        w.add_record(_BASE.pack(BASE, self.base_index, self.base_term))
-        w.add_record(_U64.pack(TERM, self.term))
-        for e in self.entries:
-            w.add_record(_ENTRY.pack(ENTRY, e.index, e.term) + e.payload)
-        f.sync()
-        f.close()
-        self._fs.rename(tmp, path)
-        self._fs.sync_dir(self._dir)
+
+        def write(f: WritableFile) -> None:
+            w = LogWriter(f)
+            for rec in records:
+                w.add_record(rec)
+
+        atomic_write(self._fs, path, write)
 
     # -- queries -----------------------------------------------------------------
 
     @property
+    def base_index(self) -> int:
+        """Entries up to here were compacted away (0: none)."""
+        with self._lock:
+            return self._base_index
+
+    @property
+    def base_term(self) -> int:
+        with self._lock:
+            return self._base_term
+
+    @property
+    def term(self) -> int:
+        """The node's current term (its hard state)."""
+        with self._lock:
+            return self._term
+
+    @property
     def last_index(self) -> int:
-        return self.base_index + len(self.entries)
+        with self._lock:
+            return self._base_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
-        return self.entries[-1].term if self.entries else self.base_term
+        with self._lock:
+            return self._entries[-1].term if self._entries else self._base_term
 
     def term_at(self, index: int) -> int | None:
         """Term of the entry at ``index``; None if it is not held (compacted or beyond)."""
-        if index == self.base_index:
-            return self.base_term
-        i = index - self.base_index - 1
-        if 0 <= i < len(self.entries):
-            return self.entries[i].term
-        return None
+        with self._lock:
+            if index == self._base_index:
+                return self._base_term
+            i = index - self._base_index - 1
+            return self._entries[i].term if 0 <= i < len(self._entries) else None
 
     def entry(self, index: int) -> LogEntry | None:
-        i = index - self.base_index - 1
-        return self.entries[i] if 0 <= i < len(self.entries) else None
-
-    def slice(self, lo: int, hi: int) -> list[LogEntry]:
-        """Entries with lo <= index <= hi that are held."""
-        start = max(0, lo - self.base_index - 1)
-        stop = max(0, hi - self.base_index)
         with self._lock:
-            return self.entries[start:stop]
+            i = index - self._base_index - 1
+            return self._entries[i] if 0 <= i < len(self._entries) else None
+
+    def read(self, lo: int, hi: int) -> list[LogEntry]:
+        """The entries with lo <= index <= hi that are held, starting exactly at ``lo``.
+
+        Raises SnapshotNeeded if ``lo`` was compacted away: the caller would
+        otherwise get entries with a gap before them.
+        """
+        with self._lock:
+            if lo > hi:
+                return []
+            if lo <= self._base_index:
+                raise SnapshotNeeded(self._base_index)
+            return self._entries[lo - self._base_index - 1 : max(0, hi - self._base_index)]
+
+    def prefix(self, hi: int) -> tuple[int, list[LogEntry]]:
+        """(base index, the held entries up to ``hi``), read together."""
+        with self._lock:
+            return self._base_index, self._entries[: max(0, hi - self._base_index)]
 
     # -- changes -----------------------------------------------------------------
 
     def append(self, entries: list[LogEntry]) -> None:
         with self._lock:
             for e in entries:
-                if e.index != self.last_index + 1:
-                    raise ValueError(f"append of {e.index} after {self.last_index}")
-                self.entries.append(e)
+                last = self._base_index + len(self._entries)
+                if e.index != last + 1:
+                    raise ValueError(f"append of {e.index} after {last}")
+                self._entries.append(e)
                 self._pending.append(_ENTRY.pack(ENTRY, e.index, e.term) + e.payload)
 
     def truncate(self, from_index: int) -> None:
         """Drop entries with index >= ``from_index`` (they conflict with the leader's)."""
         with self._lock:
-            if from_index <= self.base_index:
-                raise ValueError(f"cannot truncate at {from_index}: base is {self.base_index}")
-            del self.entries[from_index - self.base_index - 1 :]
+            if from_index <= self._base_index:
+                raise ValueError(f"cannot truncate at {from_index}: base is {self._base_index}")
+            del self._entries[from_index - self._base_index - 1 :]
             self._pending.append(_U64.pack(TRUNCATE, from_index))
 
     def set_term(self, term: int) -> None:
         with self._lock:
-            self.term = term
+            self._term = term
             self._pending.append(_U64.pack(TERM, term))
+
+    def _check_failed(self) -> None:
+        """Refuse to write after a failed sync. Holds _file_lock."""
+        if self._failed is not None:  # never report as durable what a failed sync left
+            raise OSError(errno.EIO, f"log of node {self._node}: an earlier sync failed "
+                          f"({self._failed}); restart the node to recover")
 
     def sync(self) -> int:
         """Make every change so far durable; return the last index now on stable storage."""
-        with self._lock:
-            if self._failed is not None:  # never report as durable what a failed sync left
-                raise OSError(errno.EIO, f"log of node {self._node}: an earlier sync failed "
-                              f"({self._failed}); restart the node to recover")
-            pending, self._pending = self._pending, []
-            last = self.last_index
-        if not pending:
-            return last
-        try:
-            for rec in pending:
-                self._writer.add_record(rec)
-            self._file.sync()
-        except BaseException as exc:
+        with self._file_lock:
+            self._check_failed()
             with self._lock:
+                pending, self._pending = self._pending, []
+                last = self._base_index + len(self._entries)
+            if not pending:
+                return last
+            try:
+                for rec in pending:
+                    self._writer.add_record(rec)
+                self._file.sync()
+            except BaseException as exc:
                 self._failed = exc
-            raise
-        return last
+                raise
+            return last
 
     def compact(self, upto: int) -> None:
         """Drop entries <= ``upto`` (already applied everywhere that matters)."""
-        self.sync()
-        with self._lock:
-            term = self.term_at(upto)
-            if upto <= self.base_index or term is None:
-                return
-            self.entries = self.entries[upto - self.base_index :]
-            self.base_index, self.base_term = upto, term
-        self._rewrite()
+        with self._file_lock:
+            self._check_failed()
+            with self._lock:
+                term = self._term_at_locked(upto)
+                if upto <= self._base_index or term is None:
+                    return
+                self._entries = self._entries[upto - self._base_index :]
+                self._base_index, self._base_term = upto, term
+                state = self._state()
+                self._pending = []  # all of it is in ``state`` (invariant 3)
+            self._rewrite(state)
 
     def reset(self, base_index: int, base_term: int) -> None:
         """Discard everything and start after (base_index, base_term): a snapshot install."""
-        self.sync()
-        with self._lock:
-            self.entries = []
-            self.base_index, self.base_term = base_index, base_term
-        self._rewrite()
+        with self._file_lock:
+            self._check_failed()
+            with self._lock:
+                self._entries = []
+                self._base_index, self._base_term = base_index, base_term
+                state = self._state()
+                self._pending = []
+            self._rewrite(state)
 
-    def _rewrite(self) -> None:
+    def _term_at_locked(self, index: int) -> int | None:
+        if index == self._base_index:
+            return self._base_term
+        i = index - self._base_index - 1
+        return self._entries[i].term if 0 <= i < len(self._entries) else None
+
+    def _rewrite(self, state: tuple[int, int, int, list[LogEntry]]) -> None:
+        """Replace the segment by a new one holding ``state``. Holds _file_lock."""
         old = self._segment
-        self._file.close()
-        self._segment += 1
-        self._write_segment(self._segment)
-        self._fs.remove(self._path(old))
-        self._file = self._fs.open_append(self._path(self._segment))
+        try:
+            self._write_segment(old + 1, state)
+            self._file.close()
+            self._fs.remove(self._path(old))
+            self._file = self._fs.open_append(self._path(old + 1))
+        except BaseException as exc:
+            # What is in memory may now be on disk nowhere: fail-stop (restart recovers).
+            self._failed = exc
+            raise
+        self._segment = old + 1
         self._writer = LogWriter(self._file, offset=self._file.size())
 
     def close(self) -> None:
-        self._file.close()
-
+        with self._file_lock:
+            self._file.close()

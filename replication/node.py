@@ -13,9 +13,11 @@ sequence. If the log no longer holds what the engine needs, the node
 installs a checkpoint of a peer's engine (a new engine generation; the
 ``ENGINE`` pointer file is switched atomically) and continues from there.
 
-An applier failure that every replica would hit the same way (a
-deterministic error) is skipped identically everywhere; any other failure
-stops the node rather than let it diverge.
+An applier failure stops the node rather than let it diverge or lose a
+write: an entry that passed the log's checksum but does not decode means an
+encoder bug or a version mismatch (a non-deterministic
+:class:`engine.CorruptionError`), and skipping it would silently drop an
+acknowledged write on this replica only.
 
 On the leader, :class:`LeaderTransactions` is the
 :class:`engine.txn.TransactionBackend` of one term: its SSI certifier decides
@@ -36,13 +38,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import engine
-from engine.fs import FileSystem
+from engine.fs import FileSystem, atomic_write
 from engine.ssi import Certifier, TxnState
 from engine.txn import Transaction
 from replication.command import decode_command, encode_command
 from replication.consensus import Proposal
-from replication.errors import AmbiguousCommit, NotLeader, Unavailable
-from replication.simulated import SimulatedConsensus, SnapshotNeeded
+from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, SnapshotNeeded, Unavailable
+from replication.simulated import SimulatedConsensus
 
 __all__ = ["LeaderTransactions", "Node"]
 
@@ -57,13 +59,13 @@ class Node:
     """Replica ``node_id`` of a cluster: its engine, applier and leader role."""
 
     def __init__(self, node_id: int, path: str, consensus: SimulatedConsensus,
-                 engine_options: dict[str, Any], fs: FileSystem,
+                 engine_options: engine.Options, fs: FileSystem,
                  snapshot_source: SnapshotSource, *, timeout: float) -> None:
         self.id = node_id
         self.path = path
         self.timeout = timeout
         self._consensus = consensus
-        self._options = dict(engine_options)
+        self._options = engine_options
         self._fs = fs
         self._snapshot_source = snapshot_source
         # heap of (index, id, lock): a waiter blocks acquiring its own held raw
@@ -76,6 +78,7 @@ class Node:
         self._stopping = False
         self.engine: engine.Engine | None = None
         self.failed: BaseException | None = None
+        self.damaged: NodeDamaged | None = None  # kept down until Cluster.repair
         self.snapshots_installed = 0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -91,7 +94,7 @@ class Node:
     def start(self) -> None:
         """Open the engine and, unless the group is deterministic, start the applier."""
         self._fs.mkdirs(self.path)
-        self.engine = engine.open(self._engine_dir(), fs=self._fs, **self._options)
+        self.engine = engine.Engine(self.engine_dir(), self._options, self._fs)
         self.failed = None
         self._stopping = False
         if not self._consensus.deterministic:
@@ -125,7 +128,8 @@ class Node:
             raise engine.CorruptionError(pointer, 0, f"bad engine pointer {text!r}")
         return int(text[7:])
 
-    def _engine_dir(self, generation: int | None = None) -> str:
+    def engine_dir(self, generation: int | None = None) -> str:
+        """The directory of engine ``generation`` (default: the one ``ENGINE`` names)."""
         g = self._generation() if generation is None else generation
         return self._fs.join(self.path, f"engine-{g:06d}")
 
@@ -177,11 +181,8 @@ class Node:
             if isinstance(entry.attachment, engine.WriteBatch):  # the proposer's own batch
                 items.append((entry.index, entry.attachment))
                 continue
-            try:
-                items.append((entry.index, decode_command(entry.payload, index=entry.index)[1]))
-            except engine.CorruptionError as exc:  # every replica decodes the same bytes
-                log.error("node %d: skipping undecodable entry %d: %s", self.id, entry.index, exc)
-                items.append((entry.index, engine.WriteBatch()))
+            # A CorruptionError here stops the node (see the module docstring).
+            items.append((entry.index, decode_command(entry.payload, index=entry.index)[1]))
         e.apply_many(items)
         self._wake_waiters()
         return len(entries)
@@ -215,23 +216,17 @@ class Node:
     def _install_snapshot(self, base_index: int) -> None:
         """Replace the engine with a checkpoint of a peer that has applied past ``base_index``."""
         old_generation = self._generation()
-        new_dir = self._engine_dir(old_generation + 1)
+        new_dir = self.engine_dir(old_generation + 1)
         if self._fs.exists(new_dir):
             self._fs.remove_tree(new_dir)
         seq = self._snapshot_source(self.id, base_index, new_dir)
-        pointer = self._fs.join(self.path, "ENGINE")
-        tmp = pointer + ".tmp"
-        f = self._fs.create(tmp)
-        f.append(f"engine-{old_generation + 1:06d}\n".encode())
-        f.sync()
-        f.close()
         old = self.engine
         if old is not None:
             old.close()
-        self._fs.rename(tmp, pointer)
-        self._fs.sync_dir(self.path)
-        self._fs.remove_tree(self._engine_dir(old_generation))
-        self.engine = engine.open(new_dir, fs=self._fs, **self._options)
+        atomic_write(self._fs, self._fs.join(self.path, "ENGINE"),
+                     lambda f: f.append(f"engine-{old_generation + 1:06d}\n".encode()))
+        self._fs.remove_tree(self.engine_dir(old_generation))
+        self.engine = engine.Engine(new_dir, self._options, self._fs)
         self.snapshots_installed += 1
         log.info("node %d: installed a snapshot at index %d (log starts after %d)",
                  self.id, seq, base_index)
@@ -243,21 +238,25 @@ class Node:
         tm = self._tm
         return tm is not None and tm.current()
 
-    def transactions(self) -> LeaderTransactions:
-        """This node's transaction manager for the current term; NotLeader if it does not lead."""
+    def transactions(self, timeout: float | None = None) -> LeaderTransactions:
+        """This node's transaction manager for the current term; NotLeader if it does not lead.
+
+        A new leader first applies every entry of earlier terms, waiting at
+        most ``timeout`` seconds (default: the cluster's).
+        """
         c = self._consensus
         tm = self._tm
         if tm is not None and tm.current():  # the common case, without the lock
             return tm
         if (c.leader_id != self.id or self.engine is None or self.failed is not None
                 or self._stopping):
-            raise NotLeader(f"node {self.id} is not the leader")
+            raise NotLeader(f"node {self.id} is not the leader", leader=c.leader_id)
         if not c.leader_ready(self.id):
             raise NotLeader(f"node {self.id} was just elected and is not ready")
         term = c.term
         # Every entry of earlier terms must be applied first. Wait without the
         # lock: a crash or stop must never queue behind a waiting client.
-        if not self.wait_applied(c.commit_index, self.timeout):
+        if not self.wait_applied(c.commit_index, self.timeout if timeout is None else timeout):
             raise Unavailable(f"node {self.id} could not apply the log in time")
         with self._tm_lock:
             tm = self._tm
@@ -270,15 +269,20 @@ class Node:
             self._tm = LeaderTransactions(self, c, term)
             return self._tm
 
-    def read(self, key: bytes) -> bytes | None:
+    def read(self, key: bytes, timeout: float | None = None) -> bytes | None:
         """A linearizable read: confirm leadership, wait for the read index, read."""
-        index = self._consensus.read_index(self.id, self.timeout)
-        if not self.wait_applied(index, self.timeout):
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        index = self._consensus.read_index(self.id, timeout)
+        if not self.wait_applied(index, max(0.0, deadline - time.monotonic())):
             raise Unavailable(f"node {self.id} did not apply index {index} in time")
         e = self.engine
-        if e is None:
-            raise NotLeader(f"node {self.id} is down")
-        return e.get(key)
+        try:
+            if e is None:
+                raise engine.ClosedError(f"node {self.id} is down")
+            return e.get(key)
+        except engine.ClosedError:
+            raise NotLeader(f"node {self.id} went down during the read") from None
 
 
 def _down_is_not_leader(items: Iterator[tuple[bytes, bytes]], node: int
@@ -290,8 +294,49 @@ def _down_is_not_leader(items: Iterator[tuple[bytes, bytes]], node: int
         raise NotLeader(f"node {node} went down during the transaction") from None
 
 
+class _Inflight:
+    """A write set handed to the log and not yet settled with the certifier.
+
+    ``states`` are the certifier states its commit settles: the
+    transaction's own, or a blind write's -- recorded at submit if the
+    certifier was tracking, else by the first ``begin`` whose snapshot cannot
+    see it (``blind`` holds its keys until then). All fields: caller holds
+    ``LeaderTransactions._lock``.
+    """
+
+    __slots__ = ("blind", "index", "proposal", "states")
+
+    def __init__(self, index: int, states: list[TxnState], blind: Ops | None) -> None:
+        self.index = index
+        self.states = states
+        self.blind = blind
+        self.proposal: Proposal | None = None
+
+
 class LeaderTransactions:
-    """The transaction backend of one leader term: an SSI certifier in front of the log."""
+    """The transaction backend of one leader term: an SSI certifier in front of the log.
+
+    Invariants (``_lock`` guards the certifier and every structure below):
+
+    1. Certification and ``submit`` happen in one ``_lock`` section, so log
+       order is certification order (ssi.py invariant 1), and the entry must
+       land in this manager's term at the index the certifier used.
+    2. A blind write the certifier did not record at submit (nothing was
+       tracked then) stays in ``_unregistered`` until it is visible in the
+       leader's engine or lost, and is removed only under ``_lock``. ``begin``
+       takes its snapshot and records every such write the snapshot cannot
+       see in one ``_lock`` section -- so no write is in neither the snapshot
+       nor the certifier. (The removal once ran without the lock, between a
+       snapshot and the copy of this set, and a transaction overwrote a put
+       it never saw: a lost update.)
+    3. Every certifier state is settled: committed once its entry is applied
+       here, aborted once the entry is lost. The client that waits settles
+       it; if it stops waiting first (AmbiguousCommit, or committed but not
+       yet applied here) the write is an orphan, settled by the next
+       ``begin`` or commit. (States recorded by ``begin`` were once dropped;
+       they stayed PENDING and the certifier never freed anything behind
+       them.)
+    """
 
     def __init__(self, node: Node, consensus: SimulatedConsensus, term: int) -> None:
         e = node.engine
@@ -305,10 +350,10 @@ class LeaderTransactions:
         self._certifier = Certifier("ssi", e.options.max_txn_age)
         self._lock = threading.Lock()
         self._snapshots: dict[int, engine.Snapshot] = {}
-        self._unregistered: dict[int, Ops] = {}  # blind writes in flight, not yet tracked
-        # Commits whose fate or apply the client did not wait for (AmbiguousCommit,
-        # or committed but not applied here in time): settled once that is known.
-        self._orphans: list[tuple[Proposal, list[TxnState]]] = []
+        self._timeouts: dict[int, float] = {}  # txn id -> its store's timeout, for commit
+        self._unregistered: dict[int, _Inflight] = {}  # index -> blind write (invariant 2)
+        self._orphans: list[_Inflight] = []  # writes whose client stopped waiting
+        self._unsettled = 0  # certified write sets not yet settled (waited on or orphans)
         self._retired: str | None = None
 
     def current(self) -> bool:
@@ -322,38 +367,62 @@ class LeaderTransactions:
                      self.term, why)
             self._retired = why
 
-    def _settle_orphans(self) -> None:
-        """Commit or abort the states of ambiguous commits whose fate is now known. Holds _lock."""
-        keep = []
-        for proposal, states in self._orphans:
-            outcome = proposal.outcome
-            if outcome is False:
-                for s in states:
-                    self._certifier.abort(s, "lost")
-            elif outcome and self._node.applied >= proposal.index:
-                for s in states:
-                    self._certifier.committed(s)
+    def _settle(self, rec: _Inflight, committed: bool) -> None:
+        """Commit or abort ``rec``'s states and forget it. Holds _lock."""
+        self._unsettled -= 1
+        for s in rec.states:
+            if committed:
+                self._certifier.committed(s)
             else:
-                keep.append((proposal, states))
+                self._certifier.abort(s, "lost")
+        self._unregistered.pop(rec.index, None)
+
+    def _settle_orphans(self) -> None:
+        """Settle the orphans whose fate is now known (invariant 3). Holds _lock."""
+        keep = []
+        applied = self._node.applied
+        for rec in self._orphans:
+            outcome = None if rec.proposal is None else rec.proposal.outcome
+            if outcome is False:
+                self._settle(rec, False)
+            elif outcome and applied >= rec.index:
+                self._settle(rec, True)
+            else:
+                keep.append(rec)
         self._orphans = keep
 
     def _check(self) -> None:
         if not self.current():
             raise NotLeader(f"node {self._node.id} no longer leads term {self.term}"
-                            f"{' (' + self._retired + ')' if self._retired else ''}")
+                            f"{' (' + self._retired + ')' if self._retired else ''}",
+                            leader=self._consensus.leader_id)
 
     @property
     def stats(self) -> dict[str, Any]:
         return {"commits": self._certifier.commits, "aborts": dict(self._certifier.aborts),
                 **self._certifier.tracked()}
 
+    def tracked(self) -> dict[str, int]:
+        """The certifier's state sizes after settling what can be settled (for tests, stats)."""
+        with self._lock:
+            self._settle_orphans()
+            self._certifier.expire(self._consensus.now())
+            return {**self._certifier.tracked(), "unsettled_writes": self._unsettled}
+
     # -- beginning ---------------------------------------------------------------------
 
-    def begin(self, *, read_only: bool = False) -> Transaction:
-        """A transaction reading a snapshot at least as new as the commit index right now."""
+    def begin(self, *, read_only: bool = False, timeout: float | None = None,
+              commit_timeout: float | None = None) -> Transaction:
+        """A transaction reading a snapshot at least as new as the commit index right now.
+
+        Beginning waits at most ``timeout`` seconds, its commit at most
+        ``commit_timeout`` (both default to the cluster's timeout).
+        """
         node = self._node
-        index = self._consensus.read_index(node.id, node.timeout)
-        if not node.wait_applied(index, node.timeout):
+        timeout = node.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        index = self._consensus.read_index(node.id, timeout)
+        if not node.wait_applied(index, max(0.0, deadline - time.monotonic())):
             raise Unavailable(f"node {node.id} did not apply index {index} in time")
         now = self._consensus.now()
         with self._lock:
@@ -362,14 +431,16 @@ class LeaderTransactions:
             if self._orphans:
                 self._settle_orphans()
             self._certifier.expire(now)
-            if not self._certifier.tracking:
-                # list() copies in one C call: writers pop entries without the lock.
-                for seq, ops in list(self._unregistered.items()):
-                    if seq > snap.sequence:
-                        self._certifier.record_blind_write(ops, seq, now)
-                self._unregistered.clear()
+            for rec in self._unregistered.values():  # invariant 2
+                if rec.index > snap.sequence and rec.blind is not None:
+                    rec.states.append(
+                        self._certifier.record_blind_write(rec.blind, rec.index, now))
+                rec.blind = None
+            self._unregistered.clear()
             state = self._certifier.begin(snap.sequence, now, read_only=read_only)
             self._snapshots[state.txn_id] = snap
+            self._timeouts[state.txn_id] = node.timeout if commit_timeout is None \
+                else commit_timeout
         return Transaction(self, state)
 
     # -- engine.txn.TransactionBackend -------------------------------------------------------
@@ -397,12 +468,14 @@ class LeaderTransactions:
         with self._lock:
             self._certifier.abort(state)
             snap = self._snapshots.pop(state.txn_id, None)
+            self._timeouts.pop(state.txn_id, None)
         if snap is not None:
             snap.release()
 
     def commit(self, state: TxnState, ops: Ops, nbytes: int) -> int | None:
         with self._lock:
             snap = self._snapshots.pop(state.txn_id, None)
+            timeout = self._timeouts.pop(state.txn_id, self._node.timeout)
         try:
             if not ops:
                 with self._lock:
@@ -410,30 +483,37 @@ class LeaderTransactions:
                     self._certifier.committed(state)
                 return None
 
-            def certify(seq: int) -> list[TxnState]:
+            def certify(seq: int) -> _Inflight:
                 self._certifier.certify(state, ops, seq, self._consensus.now())
-                return [state]
+                return _Inflight(seq, [state], None)
 
-            return self._propose(ops, certify)
+            return self._propose(ops, certify, timeout)
         finally:
             if snap is not None:
                 snap.release()
 
     # -- writes outside transactions -----------------------------------------------------------
 
-    def write(self, ops: Ops) -> int:
-        """A blind write (put/delete): never conflicts, but is recorded for running transactions."""
-        def record(seq: int) -> list[TxnState]:
+    def write(self, ops: Ops, timeout: float | None = None) -> int:
+        """A blind write (put/delete): never conflicts, but is recorded for running transactions.
+
+        ``ops`` must already be checked (keys, values, sizes): the caller
+        builds it through an ``engine.WriteBatch``.
+        """
+        def record(seq: int) -> _Inflight:
             if self._certifier.tracking:
-                return [self._certifier.record_blind_write(ops, seq, self._consensus.now())]
-            self._unregistered[seq] = ops
-            return []
+                state = self._certifier.record_blind_write(ops, seq, self._consensus.now())
+                return _Inflight(seq, [state], None)
+            rec = _Inflight(seq, [], ops)
+            self._unregistered[seq] = rec
+            return rec
 
-        return self._propose(ops, record)
+        return self._propose(ops, record, self._node.timeout if timeout is None else timeout)
 
-    def _propose(self, ops: Ops, certify: Callable[[int], list[TxnState]]) -> int:
+    def _propose(self, ops: Ops, certify: Callable[[int], _Inflight], timeout: float) -> int:
         """Certify and submit in one critical section; wait outside; settle the certifier."""
-        payload = encode_command(self._consensus.random_id(), ops)
+        txn_id = self._consensus.random_id()
+        payload = encode_command(txn_id, ops)
         batch = engine.WriteBatch(self.options)
         batch.ops.update(ops)  # already checked by the transaction or the store
         c = self._consensus
@@ -442,46 +522,42 @@ class LeaderTransactions:
             if self._orphans:
                 self._settle_orphans()
             index = c.next_index(self._node.id)
-            states = certify(index)  # may raise SerializationFailure
+            rec = certify(index)  # may raise SerializationFailure
+            self._unsettled += 1
             try:
-                proposal: Proposal = c.submit(payload, node=self._node.id, expect_index=index,
-                                              attachment=batch)
+                rec.proposal = c.submit(payload, node=self._node.id, expect_index=index,
+                                        expect_term=self.term, attachment=batch)
             except BaseException:
-                for s in states:
-                    self._certifier.abort(s, "not_submitted")
-                self._unregistered.pop(index, None)
+                self._settle(rec, False)
                 raise
         # One wait, for the leader to apply the index: by then the entry's fate
         # is decided (an index is applied only once committed). Only if that
         # does not happen in time ask the proposal itself, in the time left.
-        deadline = time.monotonic() + self._node.timeout
-        applied = self._node.wait_applied(index, self._node.timeout)
+        proposal = rec.proposal
+        deadline = time.monotonic() + timeout
+        applied = self._node.wait_applied(index, timeout)
         committed = proposal.outcome if applied else None
         if committed is None:
             try:
                 committed = proposal.wait(max(0.0, deadline - time.monotonic()))
-            except AmbiguousCommit:
-                # The entry may still commit: its transaction stays PENDING in the
-                # certifier (it keeps conflicting with later ones) until settled.
+            except AmbiguousCommit as exc:
+                # The entry may still commit: its states stay PENDING in the
+                # certifier (they keep conflicting with later ones) until settled.
                 with self._lock:
-                    self._orphans.append((proposal, states))
-                raise
+                    self._orphans.append(rec)
+                raise AmbiguousCommit(str(exc), index=exc.index, term=exc.term,
+                                      txn_id=txn_id) from None
+        with self._lock:
+            if not committed:
+                self._settle(rec, False)
+            elif applied:
+                self._settle(rec, True)
+            else:
+                # Committed, not yet applied here: stay PENDING until it is. (Never
+                # start a new certifier in the same term: it would not know the
+                # entries still in flight -- that broke serializability once.)
+                self._orphans.append(rec)
         if not committed:
-            with self._lock:
-                for s in states:
-                    self._certifier.abort(s, "lost")
-                self._unregistered.pop(index, None)
-            raise NotLeader(f"entry {index} was not committed: leadership changed")
-        self._unregistered.pop(index, None)  # a single dict operation: atomic
-        if not applied:
-            # Committed, not yet applied here: stay PENDING until it is. (Never
-            # start a new certifier in the same term: it would not know the
-            # entries still in flight -- that broke serializability once.)
-            with self._lock:
-                self._orphans.append((proposal, states))
-        elif states:
-            with self._lock:
-                for s in states:
-                    self._certifier.committed(s)
+            raise NotLeader(f"entry {index} was not committed: leadership changed",
+                            leader=c.leader_id)
         return index
-

@@ -288,7 +288,7 @@ class Simulation:
 
     # -- driver ------------------------------------------------------------------------------
 
-    def run(self, steps: int) -> SimResult:
+    def run(self, steps: int, progress: Callable[[int], None] | None = None) -> SimResult:
         actions = [(0.25, self.do_put), (0.2, self.do_get), (0.2, self.do_transaction),
                    (0.1, self.do_interleaved), (0.12, self._tick), (0.13, self.do_fault)]
         total = sum(w for w, _ in actions)
@@ -304,6 +304,8 @@ class Simulation:
                 self.violation(problem)
             if self.result.violations:
                 break
+            if progress is not None and step % 1000 == 999:
+                progress(step + 1)
         self._settle()
         return self.result
 
@@ -313,8 +315,13 @@ class Simulation:
         self.event(f"{n} ticks")
 
     def _settle(self) -> None:
-        """Heal, restart everyone, let the cluster converge, compare replicas."""
+        """Stop injecting faults, heal, restart everyone, converge, compare replicas.
+
+        Faults stay off from here on: a crash injected while settling is a
+        fault the run never heals, and its "did not converge" a false alarm.
+        """
         c = self.cluster
+        c.consensus.before_tick = None
         c.heal()
         for node in sorted(self._down):
             c.restart(node)
@@ -337,24 +344,39 @@ class Simulation:
         self.cluster.close()
 
 
-def run(seed: int, steps: int, nodes: int = 3) -> SimResult:
+def run(seed: int, steps: int, nodes: int = 3,
+        progress: Callable[[int], None] | None = None) -> SimResult:
+    """Run one seeded simulation of ``steps`` steps; ``progress(step)`` is told now and then."""
+    if type(steps) is not int or steps < 1:
+        raise engine.InvalidArgument(f"steps must be a positive int, got {steps!r}")
     sim = Simulation(seed, nodes=nodes)
     try:
-        return sim.run(steps)
+        return sim.run(steps, progress)
     finally:
         sim.close()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m replication.sim",
                                      description="Run a seeded deterministic cluster simulation.")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    parser.add_argument("--steps", type=int, default=1000, help="workload and fault steps")
+    parser.add_argument("--steps", type=_positive, default=1000,
+                        help="workload and fault steps (>= 1)")
     parser.add_argument("--nodes", type=int, choices=(3, 5, 7), default=3)
     parser.add_argument("--verbose", action="store_true", help="print every event")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
-    result = run(seed, args.steps, args.nodes)
+    def progress(step: int) -> None:
+        print(f"seed={seed}: {step} of {args.steps} steps", file=sys.stderr, flush=True)
+
+    result = run(seed, args.steps, args.nodes, progress if args.steps >= 5000 else None)
     if args.verbose or not result.ok:
         for line in result.events:
             print(line)

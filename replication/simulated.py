@@ -57,10 +57,16 @@ from collections.abc import Callable, Sequence
 
 from sortedcontainers import SortedDict
 
-from engine.errors import ClosedError, InvalidArgument
+from engine.errors import ClosedError, CorruptionError, InvalidArgument
 from engine.fs import FileSystem, OSFileSystem
 from replication.consensus import LogEntry
-from replication.errors import AmbiguousCommit, NotLeader, Unavailable
+from replication.errors import (
+    AmbiguousCommit,
+    NodeDamaged,
+    NotLeader,
+    SnapshotNeeded,
+    Unavailable,
+)
 from replication.log_store import NodeLog
 
 __all__ = ["SimulatedConsensus", "SnapshotNeeded"]
@@ -68,14 +74,6 @@ __all__ = ["SimulatedConsensus", "SnapshotNeeded"]
 log = logging.getLogger(__name__)
 
 _MAX_DETERMINISTIC_TICKS = 200
-
-
-class SnapshotNeeded(Exception):
-    """A node's log starts after the entries its state machine still needs."""
-
-    def __init__(self, base_index: int) -> None:
-        self.base_index = base_index
-        super().__init__(f"log starts after index {base_index}: install a snapshot")
 
 
 # What a follower needs this round: (node, its log, reset to (index, term),
@@ -149,7 +147,8 @@ class _Proposal:
         if self.outcome is not None:
             return self.outcome
         raise AmbiguousCommit(f"entry {self.index} (term {self.term}): outcome unknown "
-                              f"{'after close' if sim._closed else 'when the wait timed out'}")
+                              f"{'after close' if sim._closed else 'when the wait timed out'}",
+                              index=self.index, term=self.term)
 
 
 class SimulatedConsensus:
@@ -178,8 +177,22 @@ class SimulatedConsensus:
         self._work = [_Signal() for _ in range(nodes)]
         self._node_cv = [threading.Condition(self._lock) for _ in range(nodes)]
         self._stopped = threading.Event()
-        self._logs: list[NodeLog | None] = [self._open_log(i) for i in range(nodes)]
-        self._alive = [True] * nodes
+        # A replica whose log fails a check is one of the f failures the group
+        # tolerates: it stays down (out of every quorum) until repaired.
+        self.damaged: dict[int, CorruptionError] = {}
+        self._logs: list[NodeLog | None] = []
+        for i in range(nodes):
+            try:
+                self._logs.append(self._open_log(i))
+            except CorruptionError as exc:
+                log.error("consensus: node %d stays down, its log is damaged: %s", i, exc)
+                self.damaged[i] = exc
+                self._logs.append(None)
+        if len(self.damaged) > nodes - self.quorum:
+            for lg in self._live_logs():
+                lg.close()
+            raise next(iter(self.damaged.values()))
+        self._alive = [lg is not None for lg in self._logs]
         self._groups: list[frozenset[int]] = [frozenset(range(nodes))]
         self._term = max(lg.term for lg in self._live_logs())
         self._leader: int | None = None
@@ -266,8 +279,7 @@ class SimulatedConsensus:
         with self._lock:
             best = max((i for i in range(self.nodes) if self._logs[i] is not None),
                        key=lambda i: self._node_commit[i])
-            lg = self._log(best)
-            entries = lg.slice(lg.base_index + 1, self._node_commit[best])
+            _, entries = self._log(best).prefix(self._node_commit[best])
         return [e.payload for e in entries if e.payload]
 
     # -- the extras ------------------------------------------------------------------------
@@ -303,7 +315,7 @@ class SimulatedConsensus:
             lg = self._logs[node]
             if lg is None:
                 return 0, []
-            return lg.base_index, lg.slice(lg.base_index + 1, self._node_commit[node])
+            return lg.prefix(self._node_commit[node])
 
 
     def is_alive(self, node: int) -> bool:
@@ -322,8 +334,15 @@ class SimulatedConsensus:
             return self._log(node).last_index + 1
 
     def submit(self, transaction: bytes, *, node: int | None = None,
-               expect_index: int | None = None, attachment: object = None) -> _Proposal:
-        """Append through the leader; with ``expect_index``, only at that index (else NotLeader)."""
+               expect_index: int | None = None, expect_term: int | None = None,
+               attachment: object = None) -> _Proposal:
+        """Append through the leader, without waiting.
+
+        With ``expect_index`` and ``expect_term`` the entry goes in only at
+        that index and in that term, else NotLeader: a certifier that used
+        the index as its commit sequence belongs to one leader's term, and an
+        entry of another term would put its decisions in the wrong order.
+        """
         if not isinstance(transaction, (bytes, bytearray, memoryview)):
             raise TypeError(f"transaction must be bytes-like, got {type(transaction).__name__}")
         payload = bytes(transaction)
@@ -336,7 +355,11 @@ class SimulatedConsensus:
             if leader is None:
                 raise NotLeader("no leader is elected")
             if node is not None and node != leader:
-                raise NotLeader(f"node {node} is not the leader (node {leader} is)")
+                raise NotLeader(f"node {node} is not the leader (node {leader} is)",
+                                leader=leader)
+            if expect_term is not None and expect_term != self._term:
+                raise NotLeader(f"term {expect_term} is over: node {leader} leads term "
+                                f"{self._term}", leader=leader)
             if not self._has_quorum(leader):
                 raise Unavailable(f"leader {leader} cannot reach a quorum of {self.quorum}")
             lg = self._log(leader)
@@ -361,10 +384,8 @@ class SimulatedConsensus:
             lg = self._logs[n]
             if lg is None:
                 return []
-            if index < lg.base_index:
-                raise SnapshotNeeded(lg.base_index)
             hi = min(self._node_commit[n], index + limit)
-            return lg.slice(index + 1, hi) if hi > index else []
+            return lg.read(index + 1, hi)  # SnapshotNeeded if index + 1 was compacted
 
     def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool:
         if self.deterministic:
@@ -382,9 +403,11 @@ class SimulatedConsensus:
                 (self._cv if n is None else self._node_cv[n]).wait(left)
 
     def read_index(self, node: int, timeout: float) -> int:
-        if self.latency and not self.deterministic:
-            time.sleep(self.latency)  # a heartbeat round trip to the followers
         deadline = time.monotonic() + timeout
+        if self.latency and not self.deterministic:  # a heartbeat round trip to the followers
+            time.sleep(min(self.latency, timeout))
+            if self.latency > timeout:
+                raise Unavailable(f"leader {node} heard no quorum within {timeout}s")
         with self._cv:
             while True:
                 if self._closed:
@@ -410,8 +433,14 @@ class SimulatedConsensus:
 
     # -- fault injection -------------------------------------------------------------
 
+    def _check_node(self, node: object) -> int:
+        if type(node) is not int or not 0 <= node < self.nodes:
+            raise InvalidArgument(f"node must be an int in [0, {self.nodes}), got {node!r}")
+        return node
+
     def crash(self, node: int) -> None:
         """Stop ``node``: its memory is lost, its log file keeps what was synced."""
+        self._check_node(node)
         with self._io[node], self._cv:
             lg = self._logs[node]
             if lg is None:
@@ -426,20 +455,61 @@ class SimulatedConsensus:
             self._notify_all()
 
     def restart(self, node: int) -> None:
-        """Bring ``node`` back from its log file; it catches up from the leader."""
+        """Bring ``node`` back from its log file; it catches up from the leader.
+
+        Raises NodeDamaged (and the node stays down) if its log fails a check.
+        """
+        self._check_node(node)
         with self._io[node]:
             if self._logs[node] is not None:
                 return
+            try:
+                lg = self._open_log(node)
+            except CorruptionError as exc:
+                self.damaged[node] = exc
+                raise NodeDamaged(node, exc) from exc
+            self._install_log(node, lg)
+
+    def reseed(self, node: int, base_index: int, base_term: int) -> None:
+        """Give down ``node`` a new, empty log starting after (base_index, base_term).
+
+        The repair of a damaged replica: its state machine was re-seeded from
+        a peer's checkpoint at ``base_index`` and the log continues from
+        there. Its old log files are deleted.
+        """
+        self._check_node(node)
+        with self._io[node]:
+            if self._logs[node] is not None:
+                raise InvalidArgument(f"node {node} is running: crash it before reseeding")
+            log_dir = self._fs.join(self.path, f"node-{node}", "log")
+            if self._fs.exists(log_dir):
+                self._fs.remove_tree(log_dir)
             lg = self._open_log(node)
-            with self._cv:
-                self._logs[node] = lg
-                self._alive[node] = True
-                self._match[node] = 0
-                self._node_commit[node] = 0
-                self._term = max(self._term, lg.term)
-                log.info("consensus: node %d restarted at index %d term %d", node,
-                         lg.last_index, lg.term)
-                self._notify_all()
+            lg.reset(base_index, base_term)
+            with self._lock:
+                lg.set_term(self._term)
+            lg.sync()
+            self.damaged.pop(node, None)
+            self._install_log(node, lg)
+
+    def term_at(self, index: int) -> int | None:
+        """The term of committed entry ``index`` in the leader's log (None: not known there)."""
+        with self._lock:
+            if self._leader is None or index > self._commit:
+                return None
+            return self._log(self._leader).term_at(index)
+
+    def _install_log(self, node: int, lg: NodeLog) -> None:
+        """Make ``node`` run again with log ``lg``. Holds _io[node]."""
+        with self._cv:
+            self._logs[node] = lg
+            self._alive[node] = True
+            self._match[node] = 0
+            self._node_commit[node] = 0
+            self._term = max(self._term, lg.term)
+            log.info("consensus: node %d runs again at index %d term %d", node,
+                     lg.last_index, lg.term)
+            self._notify_all()
 
     def partition(self, nodes: Sequence[int]) -> None:
         """Cut ``nodes`` off from the others (both sides keep running)."""
@@ -603,8 +673,14 @@ class SimulatedConsensus:
                 reset = (llog.base_index, llog.base_term)
                 i = llog.base_index
             start = i
+        try:
+            entries = llog.read(start + 1, llog.last_index)
+        except SnapshotNeeded:  # the leader's log was compacted past ``start`` meanwhile
+            reset = (llog.base_index, llog.base_term)
+            start = reset[0]
+            entries = llog.read(start + 1, llog.last_index)
         truncate_from = start + 1 if reset is None and flog.last_index > start else None
-        return f, flog, reset, truncate_from, llog.slice(start + 1, llog.last_index)
+        return f, flog, reset, truncate_from, entries
 
     def _advance_commit(self, leader: int, term: int) -> None:
         """Commit what a quorum holds in this term; tell nodes and proposers. Holds _lock."""

@@ -13,9 +13,13 @@
 Operations route to the current leader and ride out elections: a NotLeader
 or a quorum failure from an operation that certainly did not commit is
 retried until ``timeout`` seconds have passed, then reported as
-:class:`Unavailable`. An :class:`AmbiguousCommit` is reported as is (see its
-docstring). Keys and values are ``str`` (UTF-8 on disk); anything else is a
-TypeError.
+:class:`Unavailable`; every operation returns or raises within about
+``timeout`` seconds. An :class:`AmbiguousCommit` is reported as is;
+:meth:`KeyValueStore.outcome` resolves it. Keys and values are ``str``
+(UTF-8 on disk); anything else is a TypeError. Every write is checked
+against the engine's limits (``max_key_bytes``, ``max_value_bytes``,
+``max_batch_bytes``) before anything is proposed: a write that would fail
+on a replica never reaches the log.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TypeVar
 
+import engine
 from engine.errors import ClosedError, SerializationFailure
 from engine.txn import Transaction
 from replication.cluster import Cluster
-from replication.errors import NotLeader, Unavailable
+from replication.errors import AmbiguousCommit, NotLeader, Unavailable
 from replication.node import Node
 
 __all__ = ["KeyValueStore", "StoreTransaction"]
@@ -98,22 +103,25 @@ class StoreTransaction:
 
 
 class KeyValueStore:
-    """The mission's ``KeyValueStore``: put/get on strings, replicated and transactional."""
+    """The ``KeyValueStore`` of the replicated store: put/get on strings, transactional."""
 
     def __init__(self, cluster: Cluster, *, timeout: float | None = None,
                  owns_cluster: bool = False) -> None:
+        if timeout is not None and not timeout > 0:
+            raise engine.InvalidArgument(f"timeout must be > 0 seconds, got {timeout!r}")
         self.cluster = cluster
         self.timeout = cluster.timeout if timeout is None else timeout
         self._owns = owns_cluster
 
-    def _on_leader(self, fn: Callable[[Node], T]) -> T:
-        """Run ``fn(leader_node)``, retrying on leader changes until the timeout."""
+    def _on_leader(self, fn: Callable[[Node, float], T]) -> T:
+        """Run ``fn(leader_node, seconds_left)``, retrying on leader changes until the timeout."""
         clock = self.cluster.consensus.now
         deadline = clock() + self.timeout
         delay = 0.002
         while True:
             try:
-                return fn(self.cluster.leader(max(0.0, deadline - clock())))
+                node = self.cluster.leader(max(0.0, deadline - clock()))
+                return fn(node, max(0.0, deadline - clock()))
             except (NotLeader, Unavailable) as exc:
                 if clock() >= deadline:
                     if isinstance(exc, Unavailable):
@@ -123,31 +131,37 @@ class KeyValueStore:
                 if self.cluster.deterministic:
                     self.cluster.step()
                 else:
-                    time.sleep(random.uniform(0, delay))
+                    time.sleep(min(random.uniform(0, delay), max(0.0, deadline - clock())))
                 delay = min(delay * 2, 0.05)
+
+    def _batch(self) -> engine.WriteBatch:
+        return engine.WriteBatch(self.cluster.engine_options)
 
     def put(self, key: str, value: str) -> int:
         """Set ``key`` to ``value``; return the log index it committed at.
 
         Returns once the write is committed and applied on the leader.
         """
-        k, v = _key(key), _key(value, "value")
-        return self._on_leader(lambda node: node.transactions().write({k: v}))
+        batch = self._batch()
+        batch.put(_key(key), _key(value, "value"))
+        return self._on_leader(lambda node, left: node.transactions(left).write(batch.ops, left))
 
     def delete(self, key: str) -> int:
         """Remove ``key``; return the log index the deletion committed at."""
-        k = _key(key)
-        return self._on_leader(lambda node: node.transactions().write({k: None}))
+        batch = self._batch()
+        batch.delete(_key(key))
+        return self._on_leader(lambda node, left: node.transactions(left).write(batch.ops, left))
 
     def get(self, key: str) -> str | None:
         """The latest committed value of ``key`` (linearizable)."""
         k = _key(key)
-        return _text(self._on_leader(lambda node: node.read(k)))
+        return _text(self._on_leader(lambda node, left: node.read(k, left)))
 
     def transaction(self, *, read_only: bool = False) -> StoreTransaction:
         """Begin a transaction on the leader (a context manager: commit on clean exit)."""
-        return StoreTransaction(
-            self._on_leader(lambda node: node.transactions().begin(read_only=read_only)))
+        return StoreTransaction(self._on_leader(
+            lambda node, left: node.transactions(left).begin(
+                read_only=read_only, timeout=left, commit_timeout=self.timeout)))
 
     def run_transaction(self, fn: Callable[[StoreTransaction], T], *, max_retries: int = 30,
                         read_only: bool = False) -> T:
@@ -177,22 +191,60 @@ class KeyValueStore:
                 tx.rollback()
                 raise
 
+    def outcome(self, ambiguous: AmbiguousCommit, timeout: float | None = None) -> bool:
+        """Resolve an AmbiguousCommit: True if that write committed (whole), False if never.
+
+        Waits until the log is committed at the entry's index (at most
+        ``timeout`` seconds, default the store's), then compares the term of
+        the entry committed there with the write's. Raises Unavailable if
+        that cannot be learned in time, or once the log prefix holding the
+        index was truncated.
+        """
+        c = self.cluster.consensus
+        wait = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + wait
+        while True:
+            if c.commit_index >= ambiguous.index:
+                term = c.term_at(ambiguous.index)
+                if term is not None:
+                    return term == ambiguous.term
+                if c.first_index > ambiguous.index:
+                    raise Unavailable(f"entry {ambiguous.index} was truncated from the log: "
+                                      f"its outcome can no longer be told")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"the log was not committed at {ambiguous.index} within "
+                                  f"{wait}s")
+            if self.cluster.deterministic:
+                self.cluster.step()
+            else:
+                c.wait_committed(ambiguous.index, min(left, 0.05))
+
     def snapshot_read(self, key: str, *, node: int | None = None) -> str | None:
         """Read ``key`` from replica ``node``'s applied state, without coordination.
 
         NOT linearizable and not part of any transaction: the replica may be
-        behind. It never returns a value that was not committed.
+        behind. It never returns a value that was not committed. With
+        ``node=None`` any running replica answers; a named replica that is
+        down (crashed, damaged, installing a snapshot) raises Unavailable.
         """
         k = _key(key)
         if self.cluster.closed:
             raise ClosedError("the cluster is closed")
-        candidates = [self.cluster.nodes[node]] if node is not None else [
-            n for n in self.cluster.nodes if n.alive]
+        if node is not None:
+            candidates = [self.cluster.node(node)]
+        else:
+            candidates = [n for n in self.cluster.nodes if n.alive]
         for n in candidates:
             e = n.engine
-            if e is not None and n.alive:
+            if e is None or not n.alive:
+                continue
+            try:
                 return _text(e.get(k))
-        raise Unavailable("no running replica to read from")
+            except ClosedError:  # crashed or swapped for a snapshot while we read
+                continue
+        raise Unavailable(f"no running replica to read from"
+                          f"{'' if node is None else f' (node {node} is down)'}")
 
     def close(self) -> None:
         if self._owns:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,38 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     yield make
     for cluster in made:
         cluster.close()
+
+
+def check_certifiers_quiet(cluster: Cluster, timeout: float = 5.0) -> None:
+    """With no transaction active and no write of unknown fate, a leader's certifier tracks
+    nothing: every committed transaction has been freed (ssi.py invariant 2)."""
+    for node in cluster.nodes:
+        tm = node._tm
+        if tm is None or not tm.current():
+            continue
+        deadline = time.monotonic() + timeout
+        while True:
+            tracked = tm.tracked()
+            if tracked["active"] or tracked["unsettled_writes"] or not any(tracked.values()):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"node {node.id}'s certifier still tracks {tracked} with "
+                                     f"no transaction active: its state leaks")
+            time.sleep(0.01)
+
+
+@pytest.fixture(autouse=True)
+def certifier_leak_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cluster a test closes is first checked for leaked certifier state."""
+    close = Cluster.close
+
+    def checked_close(self: Cluster) -> None:
+        if not self.closed and not self.deterministic:
+            try:
+                check_certifiers_quiet(self)
+            except BaseException:
+                close(self)
+                raise
+        close(self)
+
+    monkeypatch.setattr(Cluster, "close", checked_close)

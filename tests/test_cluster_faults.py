@@ -331,9 +331,10 @@ def test_ambiguous_commit_does_not_hide_pending_writes_from_later_transactions(
     """
     cluster = make_cluster(timeout=1.0)
     store = cluster.store(timeout=10.0)
+    impatient = cluster.store(timeout=1.0)
     store.put("k", "0")
+    t1 = impatient.transaction()
     cluster.consensus.set_latency(1.5)  # every follower step now outlasts the 1 s wait
-    t1 = store.transaction()
     assert t1.get("k") == "0"
     t1.put("k", "t1")
     t1.put("marker", "t1 committed")

@@ -488,7 +488,7 @@ def test_reopening_with_a_different_size_is_refused(tmp_path: Path) -> None:
     for other in (5, 7):
         with pytest.raises(engine.InvalidArgument):
             replication.open(path, nodes=other)
-    assert sorted(os.listdir(path)) == sorted(["CLUSTER", "node-0", "node-1", "node-2"])
+    assert sorted(os.listdir(path)) == sorted(["CLUSTER", "LOCK", "node-0", "node-1", "node-2"])
     with replication.open(path, nodes=3, election_delay=0.05) as store:
         assert store.get("k") == "v"
         cluster = store.cluster

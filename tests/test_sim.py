@@ -52,3 +52,22 @@ def test_model_reports_a_wrong_read() -> None:
         assert sim.result.violations and "read k0 = 'x'" in sim.result.violations[0]
     finally:
         sim.close()
+
+
+@pytest.mark.parametrize("seed", [60, 94])
+def test_settling_injects_no_faults(seed: int) -> None:
+    """Seeds whose settle phase once crashed a node it never restarted ("replicas did not
+    converge", a false alarm): faults are off while the run settles."""
+    result = run(seed, 1000, 7)
+    assert result.ok, f"seed {seed}: " + "\n".join(result.violations + result.events[-30:])
+
+
+@pytest.mark.parametrize("nodes", [3, 5, 7])
+def test_many_seeds(nodes: int) -> None:
+    """A broad sweep: 200 seeds of short runs per cluster size, every invariant checked."""
+    failed = []
+    for seed in range(1000 * nodes, 1000 * nodes + 200):
+        result = run(seed, 150, nodes)
+        if not result.ok:
+            failed.append((seed, result.violations[:2]))
+    assert not failed, f"python -m replication.sim --nodes {nodes} --steps 150 --seed ...: {failed}"
