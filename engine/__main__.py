@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect and check a stratakv store offline. Every command only reads.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also print the engine's log warnings (torn tails, ...)")
+                        help="also print the engine's log warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str,

@@ -27,8 +27,8 @@ Invariants:
    WAL segment, a torn last manifest edit, leftovers the next ``open``
    deletes.
 
-The engine's log reader logs a warning for each torn tail it meets; the
-command-line tool shows those only with ``--verbose`` (it reports them itself).
+A torn tail is reported in the returned data (``torn``), not logged: the
+engine's log reader is pure and only recovery, which acts on it, logs it.
 
 Thread-safety: no shared state and no threads; every function stands alone.
 Inspecting a store that an engine has open is allowed and reads a moment of
