@@ -75,7 +75,7 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
                     "Subcommand: 'python -m bench crash --help' for the crash-recovery "
                     "torture test.")
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick",
-                        help="quick: about a minute, 100,000 keys (default); full: 1,000,000 "
+                        help="quick: a few minutes, 100,000 keys (default); full: 1,000,000 "
                              "keys and five times the operations")
     parser.add_argument("--only", metavar="PATTERN", action="append",
                         help="run only workloads matching this glob (repeatable), e.g. 'read*'")

@@ -260,6 +260,14 @@ def dump_manifest(fs: FileSystem, path: str, *, hex_: bool = False) -> Iterator[
         manifest = _manifest_path(fs, path)
         yield f"CURRENT names {manifest}"
     else:
+        try:
+            _store_files(fs, path)  # a directory: a cluster, not a store, or CURRENT lost
+        except InvalidArgument as exc:
+            if "not a directory" not in str(exc):
+                raise
+        else:
+            raise CorruptionError(fs.join(path, CURRENT), None,
+                                  "missing, but the directory holds store files")
         manifest = path
     log = read_manifest_log(fs, manifest)
     yield (f"manifest {manifest}: {human_bytes(log.file_bytes)}, file number {log.number}, "

@@ -467,3 +467,6 @@ def test_dump_wal_of_a_replication_log_names_the_replication_tool(tmp_path: Path
     assert "not a stratakv store" not in r.stderr
     assert "cluster directory" in r.stderr and "python -m replication stats" in r.stderr
     assert str(tmp_path / "c" / "node-2" / "engine-000001") in r.stderr
+    for command in ("verify", "dump-manifest", "scan"):
+        r = cli(command, str(tmp_path / "c"))
+        assert r.returncode == 2 and "python -m replication stats" in r.stderr, command
