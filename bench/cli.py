@@ -185,13 +185,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             key = (w, s)
             run_cfg = configs.get(key, cfg)
             raw = measure(w, s, run_cfg)
-            if WORKLOADS[w].durable and key not in configs:
-                configs[key] = run_cfg
-                longer = _calibrated(cfg, raw)
-                if longer is not None:  # too short to trust: measure again, longer
-                    configs[key] = longer
-                    raw = measure(w, s, longer)
-                raw["extra"] = {**raw["extra"], "scale": configs[key].scale}
+            if WORKLOADS[w].durable:
+                if key not in configs:
+                    configs[key] = run_cfg
+                    longer = _calibrated(cfg, raw)
+                    if longer is not None:  # too short to trust: measure again, longer
+                        configs[key] = longer
+                        raw = measure(w, s, longer)
+                raw["extra"] = {**raw["extra"], "scale": round(configs[key].scale, 2)}
             raws.setdefault(key, []).append(raw)
     except KeyboardInterrupt:
         interrupted = True

@@ -126,6 +126,7 @@ def test_durable_workloads_get_a_time_floor_repeats_and_a_spread(
     ours = next(r for r in doc["results"] if r["system"] == "stratakv")
     assert len(ours["runs"]) == 3 and ours["throughput"] == sorted(ours["runs"])[1]
     assert ours["spread_pct"] > 0
+    assert ours["extra"]["scale"] == round(scales["stratakv"], 2)  # whichever run is the median
     table = capsys.readouterr().out
     assert "±" in table and "x** (" in table  # throughput spread and per-run ratio range
 
