@@ -38,6 +38,7 @@ import argparse
 import os
 import queue
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -406,18 +407,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration and --kill-interval must be positive, --threads >= 1")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     print(f"bench crash: target={args.target} seed={seed} duration={args.duration}s")
+    scratch = args.dir is None  # a directory we made is ours to remove
     path = args.dir or tempfile.mkdtemp(prefix="stratakv-crash-")
-    tally = run_engine(path, seed=seed, duration=args.duration, target=args.target,
-                       kill_interval=args.kill_interval, threads=args.threads)
+    print(f"data directory: {path}" + (" (removed if the run passes)" if scratch else ""),
+          flush=True)
+    try:
+        tally = run_engine(path, seed=seed, duration=args.duration, target=args.target,
+                           kill_interval=args.kill_interval, threads=args.threads)
+    except BaseException:
+        print(f"interrupted; kept {path}", file=sys.stderr)
+        raise
     if tally.violations:
         print(f"FAILED after {tally.kills} kills; reproduce with --seed {seed}")
         for v in tally.violations[:20]:
             print(f"  {v}")
+        inspect = "python -m replication stats" if args.target == "cluster" else \
+            "python -m engine verify"
+        print(f"kept {path} for inspection ({inspect} {path})")
         return 1
     print(f"PASSED: {tally.kills} kills survived, {tally.acks} acknowledged operations "
           f"checked, 0 violations (seed {seed})")
+    if scratch:
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {path}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

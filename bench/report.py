@@ -9,7 +9,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["Row", "render_table", "write_results"]
+__all__ = ["Row", "combine_runs", "render_table", "write_results"]
 
 
 @dataclass
@@ -23,6 +23,14 @@ class Row:
     ops: int
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    runs: list[float] = field(default_factory=list)  # throughput of each repeat, in run order
+
+    @property
+    def spread_pct(self) -> float:
+        """Half the range of the repeats' throughputs, in percent of the median (0: one run)."""
+        if len(self.runs) < 2 or not self.throughput:
+            return 0.0
+        return 50.0 * (max(self.runs) - min(self.runs)) / self.throughput
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -37,6 +45,26 @@ def make_row(workload: str, system: str, unit: str, ops: int, seconds: float,
     return Row(workload, system, unit, ops / seconds if seconds else 0.0,
                statistics.median(latencies_us) if latencies_us else 0.0,
                percentile(latencies_us, 0.99), ops, seconds, extra)
+
+
+def combine_runs(workload: str, system: str, unit: str, raws: list[dict[str, Any]]) -> Row:
+    """One row from repeated measurements: the median throughput, latencies of all runs.
+
+    ``extra`` is the median run's (figures such as bytes on disk belong to one run).
+    """
+    if len(raws) == 1:
+        r = raws[0]
+        row = make_row(workload, system, unit, r["ops"], r["seconds"], r["latencies_us"],
+                       r["extra"])
+        row.runs = [row.throughput]
+        return row
+    rates = [r["ops"] / r["seconds"] if r["seconds"] else 0.0 for r in raws]
+    middle = sorted(range(len(raws)), key=rates.__getitem__)[len(raws) // 2]
+    lats = [x for r in raws for x in r["latencies_us"]]
+    return Row(workload, system, unit, statistics.median(rates),
+               statistics.median(lats) if lats else 0.0, percentile(lats, 0.99),
+               sum(r["ops"] for r in raws), sum(r["seconds"] for r in raws),
+               raws[middle]["extra"], rates)
 
 
 def _fmt(x: float) -> str:
@@ -54,11 +82,20 @@ def render_table(rows: list[Row], peers: list[str]) -> str:
     head += [f"stratakv / {p}" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.workload, r.system, f"{_fmt(r.throughput)} {r.unit}", _fmt(r.p50_us),
-                 _fmt(r.p99_us)]
+        spread = f" ±{r.spread_pct:.0f}%" if len(r.runs) > 1 else ""
+        cells = [r.workload, r.system, f"{_fmt(r.throughput)} {r.unit}{spread}",
+                 _fmt(r.p50_us), _fmt(r.p99_us)]
         for p in peers:
             if r.system == p and r.workload in ours and r.throughput:
-                cells.append(f"**{ours[r.workload].throughput / r.throughput:.2f}x**")
+                us = ours[r.workload]
+                # Run i of each system ran side by side (repeats interleave): the median
+                # of the paired ratios cancels slow spells of the disk that hit both.
+                pairs = [a / b for a, b in zip(us.runs, r.runs, strict=False) if b]
+                if len(pairs) > 1:
+                    cells.append(f"**{statistics.median(pairs):.2f}x** "
+                                 f"({min(pairs):.2f}-{max(pairs):.2f})")
+                else:
+                    cells.append(f"**{us.throughput / r.throughput:.2f}x**")
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
@@ -77,11 +114,14 @@ def machine() -> dict[str, Any]:
 
 def write_results(out: str, rows: list[Row], peers: list[str], config: dict[str, Any],
                   versions: dict[str, str]) -> list[str]:
-    """Write results.json, results.md and (with matplotlib) results.png; return the paths."""
+    """Write results.json, results.md and (with matplotlib) results.png; return the paths.
+
+    No PNG path among them means matplotlib is not installed.
+    """
     os.makedirs(out, exist_ok=True)
     paths = []
     doc = {"machine": machine(), "versions": versions, "config": config,
-           "results": [asdict(r) for r in rows]}
+           "results": [{**asdict(r), "spread_pct": r.spread_pct} for r in rows]}
     p = os.path.join(out, "results.json")
     with open(p, "w") as f:
         json.dump(doc, f, indent=2)
@@ -94,6 +134,11 @@ def write_results(out: str, rows: list[Row], peers: list[str], config: dict[str,
                 + ", ".join(f"{k} {v}" for k, v in versions.items())
                 + f".\nConfig: {json.dumps(config)}\n\n")
         f.write(render_table(rows, peers) + "\n")
+        if any(len(r.runs) > 1 for r in rows):
+            f.write(f"\nRepeated workloads: the median of {config.get('repeats')} runs of at "
+                    f"least {config.get('min_seconds')} s each, systems interleaved; ±x% is "
+                    "half the range of the runs; a ratio is the median of the per-run "
+                    "ratios (run i of each system ran side by side), (a-b) their range.\n")
         notes = [(r.workload, r.system, r.extra) for r in rows if r.extra]
         if notes:
             f.write("\n## Extra figures\n\n")

@@ -14,6 +14,7 @@ See ``Engine`` for the full API and ``Options`` for tunables.
 
 from __future__ import annotations
 
+from importlib import metadata
 from typing import Any
 
 from engine.batch import WriteBatch
@@ -48,8 +49,20 @@ __all__ = [
     "Transaction",
     "TransactionClosed",
     "WriteBatch",
+    "__version__",
     "open",
 ]
+
+
+def _version() -> str:
+    """The installed distribution's version; a marker when running from a source tree."""
+    try:
+        return metadata.version("stratakv")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 
 def open(path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:

@@ -6,7 +6,10 @@ would rewrite it), so every command is safe on a damaged store and leaves the
 directory unchanged. Single-threaded.
 
 Exit status: 0 success (``verify``: no problems), 1 damage found (a
-``CorruptionError``, or ``verify`` problems) or an I/O error, 2 bad usage.
+``CorruptionError``, or ``verify`` problems), an I/O error or (``get``) a key
+not found, 2 bad usage (including a path that is not an engine store, such
+as a cluster directory or a replication log: the message names the tool that
+reads it).
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ examples:
   python -m engine dump-sst /var/lib/app/db/000012.sst --blocks --limit 20
   python -m engine dump-wal /var/lib/app/db/000031.log
   python -m engine dump-manifest /var/lib/app/db
+  python -m engine get /var/lib/app/db user:42
+  python -m engine scan /var/lib/app/db user: user~ --limit 10
 
 No command opens the store for writing or runs recovery: inspecting a
 store never changes it, whether it is damaged, closed or open elsewhere.
 
-exit status: 0 ok, 1 damage found (or an I/O error), 2 bad usage.
+exit status: 0 ok, 1 damage found (or an I/O error; get: key not found),
+2 bad usage. A cluster directory and its .rlog files are read by
+'python -m replication' instead.
 """
 
 
@@ -56,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Inspect and check a stratakv store offline. Every command only reads.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="also print the engine's log warnings (torn tails, ...)")
+                        help="also print the engine's log warnings")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str,
@@ -117,6 +124,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print long values whole (default: first 100 bytes)")
 
     p = command(
+        "get", "print the value of one key",
+        "Print the value of KEY as the store holds it now: the newest version in the\n"
+        "live tables and the WAL segments recovery would replay (like ldb get). Reads\n"
+        "the files; does not open the store, run recovery or change anything.\n"
+        "KEY is text (UTF-8) or, with --hex, hexadecimal; the value is printed as\n"
+        "text (bytes that are not UTF-8 as \\x escapes) or, with --hex, in hex.\n\n"
+        "exit status: 0 found, 1 not found (or damage), 2 bad usage.", _get)
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("key", metavar="KEY", help="the key (text, or hex with --hex)")
+    p.add_argument("--hex", action="store_true", help="KEY is hex; print the value in hex")
+
+    p = command(
+        "scan", "print the keys and values of a key range",
+        "Print 'KEY : VALUE' for every key with START <= key < END, ascending, as the\n"
+        "store holds it now (like ldb scan). Without START from the first key, without\n"
+        "END to the last. Reads the files; does not open the store or change anything.\n"
+        "Keys and values are text (non-UTF-8 bytes as \\x escapes) or hex with --hex.",
+        _scan)
+    p.add_argument("path", metavar="PATH", help="store directory")
+    p.add_argument("start", metavar="START", nargs="?", help="first key (inclusive)")
+    p.add_argument("end", metavar="END", nargs="?", help="end key (exclusive)")
+    p.add_argument("--limit", type=_count, metavar="N", help="print at most N pairs")
+    p.add_argument("--hex", action="store_true", help="START and END are hex; print hex")
+
+    p = command(
         "dump-manifest", "print every version edit of a manifest",
         "Print every version edit of a manifest (files added and deleted per level,\n"
         "log number, next file number, last sequence) and the version they add up\n"
@@ -175,6 +207,51 @@ def _dump_wal(args: argparse.Namespace, fs: FileSystem) -> int:
     _need_file(args, args.file)
     _emit(tools.dump_wal(fs, args.file, limit=args.limit, hex_=args.hex,
                          value_limit=None if args.full else 100))
+    return 0
+
+
+def _key_arg(args: argparse.Namespace, text: str | None, what: str) -> bytes | None:
+    if text is None:
+        return None
+    if not args.hex:
+        return text.encode("utf-8", "surrogateescape")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        args.parser.error(f"{what} {text!r} is not hex (--hex given)")
+    return None  # not reached: parser.error exits
+
+
+def _show(data: bytes, hex_: bool) -> str:
+    """Text for a terminal: UTF-8 with other bytes and control characters as escapes."""
+    if hex_:
+        return data.hex()
+    text = data.decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == "\\" else repr(c)[1:-1] for c in text)
+
+
+def _get(args: argparse.Namespace, fs: FileSystem) -> int:
+    _need_dir(args, args.path)
+    key = _key_arg(args, args.key, "KEY")
+    assert key is not None
+    with tools.open_view(fs, args.path) as view:
+        value = view.get(key)
+    if value is None:
+        print(f"{args.key}: not found", file=sys.stderr)
+        return 1
+    print(_show(value, args.hex))
+    return 0
+
+
+def _scan(args: argparse.Namespace, fs: FileSystem) -> int:
+    _need_dir(args, args.path)
+    start = _key_arg(args, args.start, "START")
+    end = _key_arg(args, args.end, "END")
+    with tools.open_view(fs, args.path) as view:
+        for i, (key, value) in enumerate(view.scan(start, end)):
+            if args.limit is not None and i >= args.limit:
+                break
+            print(f"{_show(key, args.hex)} : {_show(value, args.hex)}")
     return 0
 
 

@@ -163,7 +163,7 @@ def run(
     new_builder: Callable[[], TableBuilder],
     target_file_bytes: int,
 ) -> list[TableProperties]:
-    """Merge the task's inputs into new tables; return their properties, in key order."""
+    """Merge the inputs of ``task`` into new tables; return their properties, in key order."""
     cursors: list[Cursor]
     if task.level == 0:
         cursors = [tables[f.number].cursor(None, None, False) for f in task.inputs]

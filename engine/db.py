@@ -65,13 +65,13 @@ from engine.errors import (
     StorageError,
 )
 from engine.fs import FileSystem, OSFileSystem
-from engine.invariants import VerifyReport, verify_store
+from engine.invariants import VerifyReport, check_table, verify_store
 from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
 from engine.logfile import LogFile
 from engine.manifest import CURRENT, Manifest, RecoveredState
 from engine.memtable import Entry, MemTable
 from engine.options import Options
-from engine.ssi import Certifier, TxnState
+from engine.ssi import SERIALIZATION_REASONS, Certifier, TxnState
 from engine.sstable import Table, TableBuilder, TableProperties
 from engine.txn import Transaction
 from engine.version import FileMeta, Version, VersionEdit
@@ -82,6 +82,14 @@ __all__ = ["Engine", "Snapshot"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# The counters of stats() (Engine.stats documents them); all start at zero.
+STATS_COUNTERS = (
+    "writes", "write_groups", "user_bytes_written", "wal_batches_replayed",
+    "stall_l0_slowdown", "stall_l0_stop", "stall_memtable", "flushes", "bytes_flushed",
+    "compactions", "trivial_moves", "bytes_compacted_in", "bytes_compacted_out",
+)
+_ROLLBACK_REASONS = ("rollback", "refused", "storage_error")
 
 _MAX_GROUP_BYTES = 1 << 20
 _MAX_MANIFEST_BYTES = 4 << 20
@@ -863,7 +871,24 @@ class Engine:
         add = builder.add
         for key, negseq, value in entries:
             add(key, negseq, value)
-        return builder.finish()
+        props = builder.finish()
+        self._paranoid_check(number)
+        return props
+
+    def _paranoid_check(self, number: int) -> None:
+        """With ``paranoid_checks``: re-read new table ``number`` whole; CorruptionError if bad.
+
+        Runs before the manifest references the table, so a table damaged on
+        its way to the disk (or written wrongly) never becomes part of the store.
+        """
+        if not self.options.paranoid_checks:
+            return
+        report = VerifyReport()
+        path = self._table_path(number)
+        check_table(self._fs, path, number, report)
+        if report.problems:
+            raise CorruptionError(path, None, "paranoid check of a table just written: "
+                                  + "; ".join(report.problems))
 
     def _compaction_loop(self) -> None:
         while True:
@@ -907,6 +932,8 @@ class Engine:
 
         outputs = compaction.run(task, tables, snapshots, new_builder,
                                  self.options.target_file_bytes)
+        for p in outputs:
+            self._paranoid_check(p.number)
         if outputs:
             self._fs.sync_dir(self.path)
         new_tables = {p.number: Table(self._fs, self._table_path(p.number), p.number, self._cache)
@@ -1027,12 +1054,43 @@ class Engine:
         return last_seq
 
     def stats(self) -> dict[str, Any]:
-        """Counters and sizes: levels, memtables, stalls, cache, transactions."""
+        """Counters and sizes, every key always present (zero until something happens).
+
+        Counters since open (ints):
+
+        * ``writes``, ``write_groups``, ``user_bytes_written`` -- batches
+          committed, WAL records (group commits) they took, key+value bytes;
+        * ``wal_batches_replayed`` -- batches recovered from the WAL by open;
+        * ``stall_l0_slowdown``, ``stall_l0_stop``, ``stall_memtable`` --
+          writes delayed 1 ms by L0 files, stopped by L0 files, stopped by
+          memtables waiting to flush;
+        * ``flushes``, ``bytes_flushed`` -- memtables written to L0 tables;
+        * ``compactions``, ``trivial_moves``, ``bytes_compacted_in``,
+          ``bytes_compacted_out`` -- (``bytes_flushed + bytes_compacted_out``
+          over ``user_bytes_written`` is the write amplification);
+        * ``block_cache_hits``, ``block_cache_misses``, ``block_cache_rejected``
+          (a miss not admitted by the full cache, NOTES.md);
+        * ``txn_commits``; ``txn_aborts`` -- a dict with every
+          :class:`SerializationFailure` reason as a key; ``txn_rollbacks`` -- a
+          dict with ``rollback`` (explicit or on exception), ``refused``
+          (commit refused before certification: engine closed or read-only)
+          and ``storage_error`` always present, plus any reason a replicated
+          node adds (``lost``, ``not_submitted``).
+
+        Sizes now: ``last_sequence``, ``memtable_bytes`` (estimated heap),
+        ``immutable_memtables``, ``levels`` (per level ``files`` and
+        ``bytes``), ``table_bytes``, ``snapshots`` (open snapshots),
+        ``block_cache_bytes``, ``table_index_filter_bytes`` (index and filters
+        held in memory), ``certifier`` (sizes of the SSI state), and
+        ``background_error`` (the message of the failure that stopped writes,
+        or None).
+        """
         with self._mutex:
             sv = self._sv
             levels = [{"files": len(files), "bytes": sum(f.size for f in files)}
                       for files in sv.version.levels]
-            out: dict[str, Any] = dict(self._stats)
+            out: dict[str, Any] = dict.fromkeys(STATS_COUNTERS, 0)
+            out.update(self._stats)
             out.update(
                 last_sequence=self._visible_seq,
                 memtable_bytes=sv.mem.approx_bytes,
@@ -1046,8 +1104,10 @@ class Engine:
                 block_cache_rejected=self._cache.rejected,
                 table_index_filter_bytes=sum(t.memory_bytes for t in self._tables.values()),
                 txn_commits=self._certifier.commits,
-                txn_aborts=dict(self._certifier.aborts),
-                txn_rollbacks=dict(self._certifier.rollbacks),
+                txn_aborts={**dict.fromkeys(sorted(SERIALIZATION_REASONS), 0),
+                            **self._certifier.aborts},
+                txn_rollbacks={**dict.fromkeys(_ROLLBACK_REASONS, 0),
+                               **self._certifier.rollbacks},
                 certifier=self._certifier.tracked(),
                 background_error=str(self._bg_error) if self._bg_error else None,
             )

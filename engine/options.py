@@ -21,46 +21,86 @@ MiB = 1024 * KiB
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Tunables of one engine instance.
+    """Tunables of one engine instance (``engine.open(path, **fields)``).
 
-    ``sync`` decides what an acknowledged write survives:
+    Durability:
 
-    * ``"always"`` (default): ``put``/``commit`` return only after the WAL
-      record is on stable storage (``fdatasync``); survives ``kill -9`` and
-      power loss.
-    * ``"none"``: the record is handed to the operating system before the
+    * ``sync`` (``"always"``) -- what an acknowledged write survives.
+      ``"always"``: ``put``/``commit`` return only after the WAL record is on
+      stable storage (``fdatasync``); survives ``kill -9`` and power loss.
+      ``"none"``: the record is handed to the operating system before the
       call returns but not synced; survives ``kill -9`` of the process, may
       lose the most recent writes on power loss or a kernel crash. Meant for
-      bulk loads and for replicas whose durability comes from a consensus log.
+      bulk loads.
+    * ``wal`` (``True``) -- ``False`` skips the write-ahead log: writes live
+      only in the memtable until a flush puts them in a table, so a crash
+      loses them. Only for a store whose writes can be replayed from
+      elsewhere (a replica applying a durable replication log) and for
+      scratch data.
+
+    Memory and limits:
+
+    * ``memtable_bytes`` (16 MiB) -- memtable size at which it is frozen and
+      flushed, an estimate of the Python heap it occupies (keys, values,
+      index), not just payload.
+    * ``max_immutable_memtables`` (2) -- frozen memtables that may wait for
+      flushing before writes stall.
+    * ``max_key_bytes`` (64 KiB), ``max_value_bytes`` (16 MiB) -- larger keys
+      or values are refused with ``InvalidArgument`` before anything is written.
+    * ``max_batch_bytes`` (64 MiB) -- the sum of key and value lengths of one
+      batch or transaction.
+
+    Tables:
+
+    * ``block_bytes`` (4 KiB) -- data block size before compression.
+    * ``compression`` (``"lz4"``) -- ``"lz4"`` or ``"none"``; a block is
+      stored compressed only if that saves at least 1/8.
+    * ``bloom_bits_per_key`` (10) -- Bloom filter size; 0 writes no filter.
+    * ``block_cache_bytes`` (32 MiB) -- the shared cache of decoded blocks.
+    * ``target_file_bytes`` (4 MiB) -- size at which compaction output is cut.
+
+    Leveled compaction (RocksDB's defaults: bursts are absorbed while
+    compaction catches up; LevelDB's 8/12 made a 2M-key bulk load stall):
+
+    * ``l0_compaction_trigger`` (4) -- L0 files that start a compaction.
+    * ``l0_slowdown_trigger`` (20) -- L0 files at which each write group is
+      delayed by 1 ms.
+    * ``l0_stop_trigger`` (36) -- L0 files at which writes wait for compaction.
+    * ``level_base_bytes`` (16 MiB) -- target size of L1.
+    * ``level_multiplier`` (10) -- each level's target over the previous one's.
+    * ``num_levels`` (7) -- levels L0 .. L(num_levels - 1).
+
+    Transactions:
+
+    * ``isolation`` (``"ssi"``) -- ``"ssi"`` (serializable) or ``"occ"``
+      (optimistic concurrency control, the baseline).
+    * ``max_txn_age`` (60.0 s) -- an older transaction fails with
+      ``SerializationFailure("too_old")``; bounds the certifier's memory.
+
+    Checks:
+
+    * ``paranoid_checks`` (``False``) -- re-read every table right after it
+      is written (flush, recovery, compaction) and check every block's
+      checksum, the key order and the entry count, as RocksDB's
+      ``paranoid_file_checks`` does; a bad table raises ``CorruptionError``
+      and stops writes before the manifest references it. Costs one read
+      of each new table.
     """
 
     sync: Literal["always", "none"] = "always"
-    # wal=False skips the write-ahead log: writes live only in the memtable
-    # until a flush puts them in a table, so a crash loses them. Only for a
-    # store whose writes can be replayed from elsewhere -- a replica applying
-    # a durable replication log (replication.Cluster) -- and for scratch data.
     wal: bool = True
-    # Memtable size at which it is frozen and flushed, measured as an estimate
-    # of the Python heap it occupies (keys, values, index), not just payload.
     memtable_bytes: int = 16 * MiB
-    # How many frozen memtables may wait for flushing before writes stall.
     max_immutable_memtables: int = 2
     max_key_bytes: int = 64 * KiB
     max_value_bytes: int = 16 * MiB
-    # Sum of key and value lengths in one batch or transaction.
     max_batch_bytes: int = 64 * MiB
 
-    # SSTables.
     block_bytes: int = 4 * KiB
     compression: Literal["lz4", "none"] = "lz4"
     bloom_bits_per_key: int = 10
     block_cache_bytes: int = 32 * MiB
     target_file_bytes: int = 4 * MiB
 
-    # Leveled compaction. Compaction starts at 4 L0 files; writes are slowed at
-    # 20 and stopped at 36 (RocksDB's defaults): bursts are absorbed while
-    # compaction catches up. LevelDB's 8/12 made a 2M-key bulk load stall
-    # (97k keys/s against 160k).
     l0_compaction_trigger: int = 4
     l0_slowdown_trigger: int = 20
     l0_stop_trigger: int = 36
@@ -68,12 +108,9 @@ class Options:
     level_multiplier: int = 10
     num_levels: int = 7
 
-    # Transactions.
     isolation: Literal["ssi", "occ"] = "ssi"
     max_txn_age: float = 60.0
 
-    # Extra consistency checks on hot paths (ordering of flushed keys, table
-    # key ranges); off by default because they cost time on every write.
     paranoid_checks: bool = False
 
     def validate(self) -> Options:
@@ -84,8 +121,9 @@ class Options:
             raise InvalidArgument(
                 f"compression must be 'lz4' or 'none', got {self.compression!r}"
             )
-        if type(self.wal) is not bool:
-            raise InvalidArgument(f"wal must be True or False, got {self.wal!r}")
+        for flag in ("wal", "paranoid_checks"):
+            if type(getattr(self, flag)) is not bool:
+                raise InvalidArgument(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         if self.isolation not in ("ssi", "occ"):
             raise InvalidArgument(f"isolation must be 'ssi' or 'occ', got {self.isolation!r}")
         minimums = {

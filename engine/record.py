@@ -17,12 +17,13 @@ starts after the damage -- raise :class:`CorruptionError`). See FORMAT.md
 for why we chose blocks over a forward scan.
 
 Writers and readers here are pure (bytes in, bytes out); the caller owns the
-file. Not thread-safe: one writer per file, guarded by its owner.
+file and decides what a torn tail means, so the caller logs it (once: the
+WAL recovery in ``engine/db.py``, the manifest, the replication log), not
+:func:`read_log`. Not thread-safe: one writer per file, guarded by its owner.
 """
 
 from __future__ import annotations
 
-import logging
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -41,8 +42,6 @@ __all__ = [
     "file_header",
     "read_log",
 ]
-
-log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 32768
 HEADER_SIZE = 7
@@ -241,8 +240,6 @@ def read_log(path: str, data: bytes, *, strict_tail: bool = False) -> LogScan:
         if strict_tail and not bad.incomplete:
             raise CorruptionError(path, bad.offset,
                                   f"{bad.reason} in the last record (not a truncation)") from None
-        log.warning("%s: torn tail at offset %d (%s); %d bytes dropped",
-                    path, cut, bad.reason, n - cut)
         return LogScan(records, cut, bad.reason)
     return LogScan(records, n, None)
 

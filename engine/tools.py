@@ -27,8 +27,8 @@ Invariants:
    WAL segment, a torn last manifest edit, leftovers the next ``open``
    deletes.
 
-The engine's log reader logs a warning for each torn tail it meets; the
-command-line tool shows those only with ``--verbose`` (it reports them itself).
+A torn tail is reported in the returned data (``torn``), not logged: the
+engine's log reader is pure and only recovery, which acts on it, logs it.
 
 Thread-safety: no shared state and no threads; every function stands alone.
 Inspecting a store that an engine has open is allowed and reads a moment of
@@ -49,8 +49,10 @@ from engine.encoding import FileKind, Kind, RecordTag, file_name, parse_file_nam
 from engine.errors import CorruptionError, InvalidArgument
 from engine.fs import FileSystem
 from engine.invariants import VerifyReport, check_table
+from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
 from engine.logfile import read_log_file
 from engine.manifest import CURRENT, Manifest, RecoveredState, read_current
+from engine.memtable import MemTable
 from engine.options import Options
 from engine.record import LogScan, body_records, read_log
 from engine.sstable import FOOTER_SIZE, Table, TableProperties
@@ -63,6 +65,7 @@ __all__ = [
     "FileCheck",
     "ManifestLog",
     "StoreStats",
+    "StoreView",
     "TableInfo",
     "VerifyResult",
     "WalInfo",
@@ -71,6 +74,7 @@ __all__ = [
     "dump_wal",
     "human_bytes",
     "open_table",
+    "open_view",
     "read_manifest_log",
     "show_bytes",
     "store_in_use",
@@ -183,9 +187,32 @@ def _store_files(fs: FileSystem, path: str) -> list[str]:
         raise InvalidArgument(f"{path}: no such directory") from None
     except NotADirectoryError:
         raise InvalidArgument(f"{path}: not a directory (expected a store directory)") from None
+    if CLUSTER_FILE in names:
+        raise InvalidArgument(_cluster_message(fs, path, names))
     if CURRENT not in names and not any(parse_file_name(n) for n in names):
         raise InvalidArgument(f"{path}: not a stratakv store (no CURRENT, no store files)")
     return names
+
+
+# The replication layer's names, recognised only to point the user to its
+# tool: engine code never imports replication (dependencies point down).
+CLUSTER_FILE = "CLUSTER"
+RLOG_MAGIC = b"SKVRLOG1"
+
+
+def _cluster_message(fs: FileSystem, path: str, names: list[str]) -> str:
+    """What to tell a user who pointed an engine command at a cluster directory."""
+    stores = []
+    for node in sorted(n for n in names if n.startswith("node-")):
+        try:
+            stores += [fs.join(path, node, e) for e in sorted(fs.listdir(fs.join(path, node)))
+                       if e.startswith("engine-")]
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    hint = ("; its replicas' engine stores are " + ", ".join(stores)) if stores else ""
+    return (f"{path} is a stratakv cluster directory (it has a CLUSTER file), not an engine "
+            f"store: 'python -m replication stats {path}' shows its nodes, logs and engines"
+            f"{hint}")
 
 
 def _manifest_path(fs: FileSystem, path: str) -> str:
@@ -233,6 +260,14 @@ def dump_manifest(fs: FileSystem, path: str, *, hex_: bool = False) -> Iterator[
         manifest = _manifest_path(fs, path)
         yield f"CURRENT names {manifest}"
     else:
+        try:
+            _store_files(fs, path)  # a directory: a cluster, not a store, or CURRENT lost
+        except InvalidArgument as exc:
+            if "not a directory" not in str(exc):
+                raise
+        else:
+            raise CorruptionError(fs.join(path, CURRENT), None,
+                                  "missing, but the directory holds store files")
         manifest = path
     log = read_manifest_log(fs, manifest)
     yield (f"manifest {manifest}: {human_bytes(log.file_bytes)}, file number {log.number}, "
@@ -342,7 +377,15 @@ def dump_wal(fs: FileSystem, path: str, *, limit: int | None = None, hex_: bool 
     raises CorruptionError after the lines for the records before it.
     """
     data = fs.read_file(path)
-    if data.endswith(TABLE_MAGIC) and not read_log(path, data).records:
+    try:
+        first = read_log(path, data).records[:1]
+    except CorruptionError:
+        first = []
+    if first and first[0][1].startswith(RLOG_MAGIC):
+        raise InvalidArgument(
+            f"{path} is a replication log segment (magic {RLOG_MAGIC.decode()}), not an engine "
+            f"WAL segment: use 'python -m replication dump-rlog {path}'")
+    if data.endswith(TABLE_MAGIC) and not first:
         raise InvalidArgument(f"{path} is a table, not a WAL segment: use dump-sst")
     try:
         groups, scan = _read_wal(fs, path)
@@ -984,3 +1027,98 @@ def verify_store_offline(fs: FileSystem, path: str) -> VerifyResult:
             result.note(name, "manifest old", f"{fs.join(path, name)}: not the live manifest; "
                                               "open deletes it")
     return result
+
+
+# --------------------------------------------------------------------------- get / scan
+
+
+class StoreView:
+    """What a store holds, read from its files without recovery (``get`` and ``scan``).
+
+    The live version's tables plus the batches of the WAL segments recovery
+    would replay, in an in-memory memtable: what ``engine.open`` would show,
+    without truncating a torn tail, flushing or deleting anything. Close it
+    (or use it as a context manager) to close the table files.
+    """
+
+    def __init__(self, fs: FileSystem, path: str) -> None:
+        names = _store_files(fs, path)
+        if CURRENT not in names:
+            raise CorruptionError(fs.join(path, CURRENT), None,
+                                  "missing, but the directory holds store files")
+        _, state = _recover(fs, path)
+        self.path = path
+        self._tables: list[Table] = []
+        self._l0: list[Table] = []
+        self._levels: list[list[Table]] = []
+        try:
+            for level, files in enumerate(state.version.levels):
+                opened = []
+                for f in files:
+                    opened.append(open_table(fs, fs.join(path, file_name(FileKind.TABLE,
+                                                                         f.number))))
+                    self._tables.append(opened[-1])
+                if level == 0:
+                    self._l0 = opened
+                elif opened:
+                    self._levels.append(opened)
+            self._mem, self.sequence = self._replay_wal(fs, path, names, state)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _replay_wal(fs: FileSystem, path: str, names: list[str], state: RecoveredState
+                    ) -> tuple[MemTable, int]:
+        """The live WAL segments' batches, checked as recovery checks them, in a memtable."""
+        numbers = sorted(p[1] for p in map(parse_file_name, names)
+                         if p is not None and p[0] is FileKind.WAL and p[1] >= state.log_number)
+        mem = MemTable(0)
+        last = state.last_sequence
+        for i, number in enumerate(numbers):
+            wal_path = fs.join(path, file_name(FileKind.WAL, number))
+            groups, scan = _read_wal(fs, wal_path)
+            if scan.torn is not None and i != len(numbers) - 1:
+                raise CorruptionError(wal_path, scan.valid_end,
+                                      f"{scan.torn} in a WAL segment that is not the newest")
+            for _, batches in groups:
+                for seq, ops in batches:
+                    if seq <= last:
+                        raise CorruptionError(wal_path, None,
+                                              f"sequence {seq} does not follow {last}")
+                    mem.add(seq, ops)
+                    last = seq
+        return mem, last
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) with ``start <= key < end``, ascending, as of the last write."""
+        if start is not None and end is not None and start >= end:
+            return iter(())
+        cursors: list[Cursor] = [MemCursor(self._mem, start, end, False)] if len(self._mem) \
+            else []
+        cursors += [t.cursor(start, end, False) for t in self._l0]
+        cursors += [LevelCursor(tables, start, end, False) for tables in self._levels]
+        return scan_items(cursors, self.sequence, False)
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value of ``key``, or None if it is absent or deleted."""
+        for found, value in self.scan(key, key + b"\x00"):
+            return value if found == key else None
+        return None
+
+    def close(self) -> None:
+        for t in self._tables:
+            t.close()
+        self._tables = []
+
+    def __enter__(self) -> StoreView:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_view(fs: FileSystem, path: str) -> StoreView:
+    """A read-only :class:`StoreView` of the store in ``path``."""
+    return StoreView(fs, path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine import __version__
 from replication.cluster import Cluster
 from replication.consensus import ConsensusModule, LogEntry, Proposal
 from replication.errors import AmbiguousCommit, NotLeader, ReplicationError, Unavailable
@@ -35,6 +36,7 @@ __all__ = [
     "SimulatedConsensus",
     "StoreTransaction",
     "Unavailable",
+    "__version__",
     "open",
 ]
 

@@ -1,14 +1,14 @@
 """The consensus interface the replication layer is written against.
 
-The two methods the mission fixes are :meth:`ConsensusModule.propose` and
+The two methods every implementation keeps exactly are :meth:`ConsensusModule.propose` and
 :meth:`ConsensusModule.get_committed_transactions`. A replicated log needs a
 few more, kept small and documented here:
 
 * ``leader_id`` -- which node currently leads (None during an election);
 * ``submit`` -- the non-blocking half of ``propose``: append now, wait later.
   The leader certifies a transaction and submits it in one critical section,
-  so log order equals certification order (DESIGN.md, "Where transactions
-  run"); ``propose`` is ``submit(...).wait()``;
+  so log order equals certification order (docs/ARCHITECTURE.md, "Where
+  transactions run"); ``propose`` is ``submit(...).wait()``;
 * ``commit_index``, ``entries_after`` and ``wait_committed`` -- for appliers;
 * ``read_index`` -- a leadership check for linearizable reads;
 * ``first_index`` and ``truncate_prefix`` -- log compaction after every

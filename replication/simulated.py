@@ -259,7 +259,7 @@ class SimulatedConsensus:
         return self._alive[node] and sum(
             self._alive[i] for i in self._group_of(node)) >= self.quorum
 
-    # -- the mission's interface -------------------------------------------------------
+    # -- the consensus interface -------------------------------------------------------
 
     def propose(self, transaction: bytes) -> bool:
         """Append ``transaction`` through the leader and block until its fate is known."""

@@ -259,7 +259,7 @@ def test_workload_survives_f_crashes_one_after_another(make_cluster: Callable[..
 def test_leader_crash_mid_transaction_is_retryable(make_cluster: Callable[..., Cluster]) -> None:
     """A transaction open on a leader that crashes fails retryably; run_transaction recovers.
 
-    DESIGN.md: on leader crash "in-flight transactions get a retryable error or
+    docs/ARCHITECTURE.md: on leader crash "in-flight transactions get a retryable error or
     AmbiguousCommit" -- not the engine's ClosedError.
     """
     cluster = make_cluster()
@@ -326,7 +326,7 @@ def test_ambiguous_commit_does_not_hide_pending_writes_from_later_transactions(
     Slow replication makes T1's commit time out (AmbiguousCommit) while its entry
     stays in the log and commits later. T2 then reads the key T1 wrote and
     commits. If both commit, T2 must have read T1's write -- otherwise T1's
-    update is lost (DESIGN.md: a certified, not yet visible transaction counts
+    update is lost (docs/ARCHITECTURE.md: a certified, not yet visible transaction counts
     as committed-pending for conflict checks).
     """
     cluster = make_cluster(timeout=1.0)

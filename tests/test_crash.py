@@ -65,3 +65,40 @@ def test_kill_minus_nine_of_a_cluster_loses_no_acknowledged_transaction(
     assert not tally.violations, f"seed {seed}: {tally.violations[:5]}"
     assert tally.kills >= 20, f"only {tally.kills} kills in the time budget"
     assert tally.acks > 300, "the cluster worker barely ran: the test would prove nothing"
+
+
+@pytest.mark.parametrize("violations", [[], ["run 3: batch 1.0.2 is missing"]])
+def test_cli_prints_its_directory_and_removes_it_only_on_success(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object, capsys: pytest.CaptureFixture[str],
+        violations: list[str]) -> None:
+    """The stratakv-crash-* directory is named; a pass removes it, a failure keeps it."""
+    import tempfile
+
+    def fake_run(path: str, **kwargs: object) -> crash.Tally:
+        with open(os.path.join(path, "data"), "w") as f:
+            f.write("x")
+        return crash.Tally(kills=3, acks=10, violations=list(violations))
+
+    monkeypatch.setattr(crash, "run_engine", fake_run)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    status = crash.main(["--duration", "1", "--seed", "5"])
+    out = capsys.readouterr().out
+    made = [n for n in os.listdir(str(tmp_path)) if n.startswith("stratakv-crash-")]
+    line = next(x for x in out.splitlines() if x.startswith("data directory: "))
+    path = line.split(": ", 1)[1].split(" (")[0]
+    assert os.path.basename(path).startswith("stratakv-crash-")
+    if violations:
+        assert status == 1 and made == [os.path.basename(path)]
+        assert f"kept {path}" in out
+    else:
+        assert status == 0 and made == []
+        assert f"removed {path}" in out
+
+
+def test_cli_never_removes_a_directory_given_with_dir(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    monkeypatch.setattr(crash, "run_engine", lambda path, **kw: crash.Tally(kills=1))
+    given = os.path.join(str(tmp_path), "mine")
+    os.makedirs(given)
+    assert crash.main(["--duration", "1", "--dir", given]) == 0
+    assert os.path.isdir(given)

@@ -217,3 +217,40 @@ def test_file_kinds_in_names() -> None:
     for kind in FileKind:
         assert parse_file_name(file_name(kind, 42)) == (kind, 42)
     assert parse_file_name("LOCK") is None
+
+
+def _torn_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING and "torn" in r.getMessage()]
+
+
+def test_torn_wal_tail_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """One torn tail, one warning: the log reader used to warn as well as the WAL recovery."""
+    base = filled(3)
+    path = wal_path(base)
+    data = base.read_file(path)
+    rewrite(base, path, data[:-3])
+    with caplog.at_level(logging.WARNING), engine.open("/db", fs=base) as db:
+        assert db.last_sequence == 2
+    warnings = _torn_warnings(caplog)
+    assert len(warnings) == 1, warnings
+    assert path in warnings[0] and "offset" in warnings[0]
+
+
+def test_torn_replication_log_tail_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The replication log's recovery warns once for a torn tail (it shares the log reader)."""
+    from replication.consensus import LogEntry
+    from replication.log_store import NodeLog
+
+    fs = MemFS()
+    lg = NodeLog(fs, "/log", 0)
+    lg.append([LogEntry(1, 1, b"one"), LogEntry(2, 1, b"two")])
+    lg.sync()
+    lg.close()
+    seg = "/log/" + next(n for n in fs.listdir("/log") if n.endswith(".rlog"))
+    rewrite(fs, seg, fs.read_file(seg)[:-2])
+    with caplog.at_level(logging.WARNING):
+        reopened = NodeLog(fs, "/log", 0)
+    assert reopened.last_index == 1
+    warnings = _torn_warnings(caplog)
+    assert len(warnings) == 1, warnings

@@ -498,7 +498,7 @@ def test_reopening_with_a_different_size_is_refused(tmp_path: Path) -> None:
 def test_use_after_close_raises_closed_error(tmp_path: Path) -> None:
     """Operations on a closed store fail with ClosedError, not a retryable Unavailable.
 
-    DESIGN.md, failure semantics: use after close gets "a clear exception before
+    docs/ARCHITECTURE.md, failure semantics: use after close gets "a clear exception before
     anything is written" -- retrying can never help, so it must not say it could.
     """
     store = replication.open(str(tmp_path / "c"), nodes=3, election_delay=0.05, timeout=1.0)

@@ -515,8 +515,8 @@ def test_commit_failing_on_wal_error_writes_nothing_and_is_released() -> None:
         fs.set_fault(None)
         assert db.get(b"a") == b"1" and db.get(b"b") is None
         stats = db.stats()
-        assert stats["txn_commits"] == 0 and stats["txn_rollbacks"] == {"storage_error": 1}
-        assert stats["txn_aborts"] == {}
+        assert stats["txn_commits"] == 0 and stats["txn_rollbacks"]["storage_error"] == 1
+        assert set(stats["txn_aborts"].values()) == {0}
         assert certifier_idle(db)
         with db.transaction(read_only=True) as ro:  # reads keep working
             assert ro.get(b"a") == b"1"

@@ -84,7 +84,7 @@ class History:
         (read-only, or read-write that chose no write) has no sequence; it reads at
         ``snapshot_sequence`` s and, if it serializes at its snapshot, sits right
         after the last commit with sequence <= s. Since several such transactions may
-        share s, each gets s * SEQ_SCALE + a unique offset (the brief's 2s+1 would
+        share s, each gets s * SEQ_SCALE + a unique offset (the obvious 2s+1 would
         collide). The checker derives its edges from the reads and the writers' order
         only, so any unique number is sound for a transaction without writes.
         """
