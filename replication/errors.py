@@ -29,9 +29,15 @@ class NotLeader(ReplicationError):
     """The node that ran the operation lost leadership before it committed; nothing was.
 
     ``KeyValueStore.run_transaction`` retries these on the new leader.
+    ``leader`` is a hint: the node believed to lead now, or None if unknown
+    (the Raft core fills it in so a caller can redirect without a lookup).
     """
 
     retryable = True
+
+    def __init__(self, message: str = "", leader: int | None = None) -> None:
+        super().__init__(message)
+        self.leader = leader
 
 
 class AmbiguousCommit(ReplicationError):
