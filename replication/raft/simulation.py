@@ -35,6 +35,7 @@ failure :class:`SimulationFailure` carries the seed and the last events.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import heapq
 import logging
 import random
@@ -365,8 +366,10 @@ class Simulation:
         live = self.live()
         if not live:
             return
-        leader = self.leader()
-        target = leader if leader is not None and rng.random() < 0.9 else rng.choice(live)
+        # Any node that believes it leads (a deposed one too, until it learns):
+        # that is where stale reads and lost proposals would come from.
+        leaders = [n for n in live if n.raft is not None and n.raft.role == Role.LEADER]
+        target = rng.choice(leaders) if leaders and rng.random() < 0.9 else rng.choice(live)
         r = target.raft
         if r is None:
             return
@@ -476,11 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drop", type=float, default=0.05)
     p.add_argument("--dup", type=float, default=0.02)
     p.add_argument("--reorder", type=float, default=0.05)
+    p.add_argument("--no-check-quorum", action="store_true")
+    p.add_argument("--no-pre-vote", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true", help="log the cores' decisions")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR)
+    raft = dataclasses.replace(_SIM_RAFT, check_quorum=not args.no_check_quorum,
+                               pre_vote=not args.no_pre_vote)
     cfg = SimConfig(nodes=args.nodes, steps=args.steps, drop=args.drop, dup=args.dup,
-                    reorder=args.reorder)
+                    reorder=args.reorder, raft=raft)
     failed = 0
     for seed in range(args.seed, args.seed + args.seeds):
         try:
