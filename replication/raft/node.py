@@ -49,7 +49,8 @@ Choices (documented here, tested in ``tests/test_raft_*``):
   ProposalDropped (retry after the no-op commits).
 * Proposals are appended at once but sent at the next ``ready()``: all
   proposals between two ready cycles leave as one AppendEntries per
-  follower (split at ``max_append_bytes``).
+  follower (split at ``max_append_bytes``). Commit-index updates are
+  coalesced the same way (one append per follower per Ready).
 * A follower in snapshot state whose snapshot answer was lost returns to
   probing after ``election_timeout_ticks`` (the driver may also call
   :meth:`report_snapshot`).
@@ -271,6 +272,7 @@ class RaftNode:
         self._lead_transferee: int | None = None
         self._pending_reads: list[_PendingRead] = []
         self._broadcast_pending = False
+        self._append_wanted: set[int] = set()
         self._msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._dropped_reads: list[bytes] = []
@@ -390,7 +392,7 @@ class RaftNode:
     def has_ready(self) -> bool:
         """Is there anything to persist, send or apply?"""
         return bool(
-            (self._broadcast_pending and self.role == Role.LEADER)
+            ((self._broadcast_pending or self._append_wanted) and self.role == Role.LEADER)
             or self._msgs or self._read_states or self._dropped_reads
             or self._log.unstable.entries or self._log.unstable.snapshot is not None
             or self._log.has_next_committed()
@@ -401,10 +403,12 @@ class RaftNode:
         """Collect the work for the driver; call :meth:`advance` with it when done."""
         if self._outstanding is not None:
             raise RuntimeError("ready() called again before advance() of the previous Ready")
-        if self._broadcast_pending:
+        if self.role == Role.LEADER and (self._broadcast_pending or self._append_wanted):
+            wanted = self._others if self._broadcast_pending else sorted(self._append_wanted)
             self._broadcast_pending = False
-            if self.role == Role.LEADER:
-                self._bcast_append()
+            self._append_wanted.clear()
+            for p in wanted:
+                self._send_append(p)
         hs = self._hard_state()
         hard: HardState | None = hs if hs != self._prev_hard else None
         soft = SoftState(self.lead, self.role)
@@ -615,7 +619,10 @@ class RaftNode:
             raise RaftInvariantError(f"node {m.frm} acknowledged {m.index} beyond the leader's "
                                      f"last index {self._log.last_index()}")
         was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
+        # A probe answered at the known match (e.g. right after a snapshot)
+        # also proves where the follower's log ends: start replicating.
+        if not pr.maybe_update(m.index) and not (
+                pr.state == ProgressState.PROBE and pr.match == m.index):
             return
         if pr.state == ProgressState.PROBE or (
                 pr.state == ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot):
@@ -625,7 +632,7 @@ class RaftNode:
         if self._maybe_commit():
             self._broadcast_pending = True
         elif was_paused:
-            self._send_append(m.frm)
+            self._append_wanted.add(m.frm)  # it may not know the commit index: tell it soon
         while self._maybe_send_append(m.frm, send_if_empty=False):
             pass
         if m.frm == self._lead_transferee and pr.match == self._log.last_index():
@@ -690,10 +697,6 @@ class RaftNode:
         match = {p: pr.match for p, pr in self._prs.items()}
         return self._log.maybe_commit(committed_index(self.peers, match), self.term)
 
-    def _bcast_append(self) -> None:
-        for p in self._others:
-            self._send_append(p)
-
     def _bcast_heartbeat(self, context: bytes) -> None:
         commit = self._log.committed
         for p in self._others:
@@ -753,6 +756,7 @@ class RaftNode:
         self._votes = {}
         self._prs = {}
         self._broadcast_pending = False
+        self._append_wanted.clear()
         if self._pending_reads:
             log.info("node %d drops %d pending reads", self.id, len(self._pending_reads))
             self._dropped_reads.extend(r.context for r in self._pending_reads)
@@ -807,6 +811,7 @@ class RaftNode:
             self._prs[p] = Progress(last + 1, cfg.max_inflight_msgs, cfg.max_inflight_bytes)
         me = self._prs[self.id]
         me.match = last
+        me.become_replicate()
         me.recent_active = True
         log.info("node %d becomes leader at term %d", self.id, self.term)
         self._append_payloads([b""])  # the no-op that commits earlier terms' entries
