@@ -577,3 +577,31 @@ def test_stale_leader_learns_the_new_term_from_its_followers() -> None:
     f.advance(rd)
     net.nodes[1].step(back[0])
     assert net.nodes[1].role == Role.FOLLOWER and net.nodes[1].term == 7
+
+
+def test_report_snapshot_failure_probes_again_from_match() -> None:
+    net = Net(3)
+    leader = net.elect(1)
+    pr = leader._prs[3]
+    pr.recent_active = True
+    pr.become_snapshot(7)
+    assert pr.is_paused()
+    leader.report_snapshot(3, success=False)
+    assert pr.state == ProgressState.PROBE and pr.next == pr.match + 1
+    pr.become_snapshot(7)
+    leader.report_snapshot(3, success=True)
+    assert pr.state == ProgressState.PROBE and pr.next == 8
+    net.nodes[2].report_snapshot(3, success=True)  # not a leader: ignored
+
+
+def test_unanswered_snapshot_times_out_back_to_probe() -> None:
+    cfg = RaftConfig(election_timeout_ticks=5, check_quorum=False)
+    net = Net(3, cfg)
+    leader = net.elect(1)
+    pr = leader._prs[3]
+    pr.become_snapshot(7)
+    for _ in range(4):
+        leader.tick()
+    assert pr.state == ProgressState.SNAPSHOT
+    leader.tick()
+    assert pr.state == ProgressState.PROBE

@@ -55,6 +55,17 @@ Choices (documented here, tested in ``tests/test_raft_*``):
   probing after ``election_timeout_ticks`` (the driver may also call
   :meth:`report_snapshot`).
 
+Snapshots and compaction: the application compacts its storage itself, up
+to an index it has applied (``MemoryStorage.compact(index, data)``; the
+durable ``NodeLog.compact`` later), recording a reference to its checkpoint
+there. The core notices through ``Storage.first_index``: a follower that
+needs an entry below it gets an InstallSnapshot (index, term, peers, data
+reference), its progress enters snapshot state, and the InstallSnapshotResponse
+(or :meth:`report_snapshot` from the driver streaming the checkpoint) resumes
+probing. A follower accepts a snapshot newer than its commit index and
+reports it in ``Ready.snapshot``; the driver installs the checkpoint, resets
+its log to start after the snapshot, and applies the entries that follow.
+
 Thread-safety: not thread-safe. The driver serialises every call (one
 thread, or a lock around each call); a Ready belongs to the caller until
 ``advance``.

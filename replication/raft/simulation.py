@@ -61,7 +61,7 @@ class SimConfig:
 
     nodes: int = 3
     steps: int = 300
-    drop: float = 0.05  # a message is lost
+    drop: float = 0.05  # a message is lost (each link gets its own rate in [0, 2*drop])
     dup: float = 0.02  # a message is delivered twice
     reorder: float = 0.05  # a message gets an extra delay (overtaken by later ones)
     max_delay_ticks: int = 2  # base delivery delay is 1..this
@@ -146,6 +146,9 @@ class Simulation:
         self._seq = 0
         self._net: list[tuple[int, int, Message]] = []
         self._cut: set[tuple[int, int]] = set()
+        # Each directed link has its own loss rate around the configured one.
+        self._link_drop = {(a, b): min(1.0, self.cfg.drop * self.rng.uniform(0.0, 2.0))
+                           for a in self.peers for b in self.peers if a != b}
         self._events: deque[tuple[int, str, object]] = deque(maxlen=80)
         self._leaders: dict[int, int] = {}  # term -> leader
         self._committed: list[_Committed] = []  # index i at position i - 1
@@ -260,7 +263,8 @@ class Simulation:
 
     def _send(self, m: Message) -> None:
         cfg, rng = self.cfg, self.rng
-        if (m.frm, m.to) in self._cut or rng.random() < cfg.drop:
+        link = (m.frm, m.to)
+        if link in self._cut or (cfg.drop and rng.random() < self._link_drop[link]):
             self._event("drop", m)
             return
         copies = 2 if rng.random() < cfg.dup else 1
@@ -351,9 +355,13 @@ class Simulation:
         elif len(self.peers) > 1 and rng.random() < cfg.partition_rate:
             size = rng.randint(1, max(1, (len(self.peers) - 1) // 2 + rng.randint(0, 1)))
             side = set(rng.sample(self.peers, size))
+            # Sometimes one-way: the side is deaf (it hears nobody, so it
+            # campaigns while the others still hear it) or mute (nobody hears it).
+            kind = rng.choice(("partition", "partition", "deaf", "mute"))
             self._cut = {(a, b) for a in self.peers for b in self.peers
-                         if (a in side) != (b in side)}
-            self._event("partition", sorted(side))
+                         if (a in side) != (b in side)
+                         and (kind == "partition" or (kind == "mute") == (a in side))}
+            self._event(kind, sorted(side))
         for n in self.nodes.values():
             if n.raft is None:
                 if rng.random() < cfg.restart_rate:
