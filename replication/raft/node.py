@@ -195,7 +195,7 @@ class Ready:
     ``snapshot``: install before ``entries`` (a follower received one).
     ``entries``: append to stable storage (replacing any suffix they overlap).
     ``hard_state``: persist if not None (it changed since the last Ready).
-    ``must_sync``: term, vote or entries changed, so the write must be synced
+    ``must_sync``: term, vote, entries or snapshot changed, so the write must be synced
     before ``messages`` leave (a commit-only change need not be).
     ``messages``: send after persisting.
     ``committed_entries``: apply in order after persisting (they may
@@ -424,8 +424,8 @@ class RaftNode:
         hard: HardState | None = hs if hs != self._prev_hard else None
         soft = SoftState(self.lead, self.role)
         entries = tuple(self._log.unstable.entries)
-        must_sync = bool(entries) or (hard is not None and (
-            hs.term != self._prev_hard.term or hs.vote != self._prev_hard.vote))
+        voted = (hs.term, hs.vote) != (self._prev_hard.term, self._prev_hard.vote)
+        must_sync = bool(entries) or self._log.unstable.snapshot is not None or voted
         rd = Ready(
             snapshot=self._log.unstable.snapshot,
             entries=entries,

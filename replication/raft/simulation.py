@@ -406,6 +406,9 @@ class Simulation:
         if rng.random() < cfg.compact_rate:
             n = rng.choice(live)
             st = n.storage
+            if n.applied < st.first_index() - 1:
+                raise self.fail(f"node {n.id} applied {n.applied} is behind its snapshot "
+                                f"{st.first_index() - 1}")
             upto = rng.randint(st.first_index() - 1, n.applied)
             st.compact(upto, b"checkpoint@%d" % upto)
             self._event("compact", (n.id, upto))
