@@ -175,11 +175,11 @@ class Harness:
 
     def _targets(self, case: Case) -> list[int]:
         pos = case.positional()
-        return [int(x) for x in pos] if pos else list(self.nodes)
+        return [int(x) for x in pos] if pos else sorted(self.nodes)
 
     def do_tick(self, case: Case) -> list[str]:
         pos = case.positional()
-        nodes = [int(pos[0])] if pos and pos[0] != "*" else list(self.nodes)
+        nodes = [int(pos[0])] if pos and pos[0] != "*" else sorted(self.nodes)
         count = int(pos[1]) if len(pos) > 1 else 1
         for _ in range(count):
             for i in nodes:
@@ -338,4 +338,4 @@ def test_script(path: Path) -> None:
 def test_there_are_scripts() -> None:
     names = {p.stem for p in SCRIPTS}
     assert {"election_tie", "prevote_rejoin", "check_quorum", "log_repair", "snapshot",
-            "transfer", "read_index_deposed"} <= names
+            "transfer", "read_index_deposed", "restart"} <= names

@@ -20,7 +20,7 @@ The driver's loop, and the one rule it must follow::
       3. apply    rd.snapshot's payload, then rd.committed_entries, in order;
                   answer rd.read_states once applied >= their index;
                   fail rd.dropped_reads (NotLeader); note rd.soft_state
-      4. advance(rd)
+      4. advance(rd)                  (before the next ready())
 
 **persist → send → apply → advance.** Step 2 after step 1: a message may
 promise what the hard state and entries say (a vote, an acknowledged
