@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from replication.errors import NotLeader as BaseNotLeader
 from replication.raft import (
@@ -605,3 +607,57 @@ def test_unanswered_snapshot_times_out_back_to_probe() -> None:
     assert pr.state == ProgressState.SNAPSHOT
     leader.tick()
     assert pr.state == ProgressState.PROBE
+
+
+# -- maybe_append against the paper's rule, on a naive list ----------------------------
+
+
+def _naive_append(terms: list[int], prev_index: int, prev_term: int,
+                  new: list[int]) -> list[int] | None:
+    """Figure 2 of the Raft paper, literally: check prev, delete from a conflict, append."""
+    if prev_index > len(terms) or (prev_index > 0 and terms[prev_index - 1] != prev_term):
+        return None
+    out = list(terms)
+    for k, t in enumerate(new):
+        i = prev_index + k  # 0-based position of the new entry
+        if i < len(out) and out[i] != t:
+            del out[i:]
+        if i >= len(out):
+            out.append(t)
+    return out
+
+
+@st.composite
+def append_cases(draw: st.DrawFn) -> tuple[list[int], int, int, int, list[int], int]:
+    terms = sorted(draw(st.lists(st.integers(1, 4), max_size=8)))
+    stable = draw(st.integers(0, len(terms)))  # how many are persisted, the rest unstable
+    prev_index = draw(st.integers(0, len(terms) + 1))
+    prev_term = (terms[prev_index - 1] if 0 < prev_index <= len(terms) and draw(st.booleans())
+                 else draw(st.integers(0, 5)) if prev_index else 0)
+    new = sorted(draw(st.lists(st.integers(max(prev_term, 1), 5), max_size=5)))
+    committed = draw(st.integers(0, stable))
+    return terms, stable, prev_index, prev_term, new, committed
+
+
+@given(append_cases())
+def test_maybe_append_matches_the_papers_rule(
+        case: tuple[list[int], int, int, int, list[int], int]) -> None:
+    terms, stable, prev_index, prev_term, new, committed = case
+    st_ = MemoryStorage((1,))
+    st_.append([E(i, t) for i, t in enumerate(terms[:stable], start=1)])
+    lg = RaftLog(st_)
+    lg.append([E(i, t) for i, t in enumerate(terms, start=1)][stable:])
+    lg.commit_to(committed)
+    expected = _naive_append(terms, prev_index, prev_term, new)
+    entries = [E(prev_index + k + 1, t) for k, t in enumerate(new)]
+    if expected is not None and expected[:committed] != terms[:committed]:
+        with pytest.raises(RaftInvariantError):
+            lg.maybe_append(prev_index, prev_term, committed, entries)
+        return
+    got = lg.maybe_append(prev_index, prev_term, committed, entries)
+    if expected is None:
+        assert got is None and _terms(lg) == terms
+        return
+    assert got == prev_index + len(new)
+    assert _terms(lg) == expected
+    assert lg.committed == committed  # the leader's commit passed here is ours: unchanged
