@@ -33,7 +33,9 @@ Invariants the core keeps (violations raise :class:`RaftInvariantError`):
 2. A leader never overwrites or deletes its own entries; a follower
    truncates only from the first entry whose term conflicts, never a
    committed one.
-3. A leader commits by counting only entries of its own term (§5.4.2);
+3. A leader counts its own entries as matched when it appends them; that
+   is safe because no message carrying them leaves before the Ready that
+   persists them. It commits by counting only entries of its own term (§5.4.2);
    earlier-term entries commit through them. A new leader appends an
    empty no-op entry at once so this happens without waiting for a client.
 4. ``snapshot index <= applied <= committed <= last index``.
