@@ -42,6 +42,24 @@ def test_simulation(seed: int) -> None:
     assert result.liveness_ticks <= config_for(seed).liveness_ticks
 
 
+def soak_config(seed: int) -> SimConfig:
+    """The longer, lossier runs of the soak that found the regressions below."""
+    return dataclasses.replace(config_for(seed), steps=800, drop=0.1 + 0.1 * (seed % 3),
+                               dup=0.05, reorder=0.1)
+
+
+@pytest.mark.parametrize("seed", [1039, 1126])
+def test_soak_regressions(seed: int) -> None:
+    """A crash between persisting a snapshot and applying entries must not leave a gap.
+
+    (Found by a 1000-seed soak: the simulated driver counted the snapshot as
+    applied only in its apply step, so a crash in between restarted the state
+    machine behind its log. The snapshot's checkpoint is part of persisting it.)
+    """
+    result = run(seed, soak_config(seed))
+    assert result.snapshots > 0 and result.crashes > 0
+
+
 def test_runs_exercise_the_features() -> None:
     """The fault mix actually produces crashes, snapshots, reads and re-elections."""
     totals = {"crashes": 0, "snapshots": 0, "reads": 0, "elections": 0}

@@ -15,9 +15,10 @@ The driver's loop, and the one rule it must follow::
                                │ yes
                            rd = ready()
                                │
-      1. persist  rd.snapshot, then rd.entries, then rd.hard_state  (one sync)
+      1. persist  rd.snapshot (install the checkpoint it names and restart the
+                  log after it), then rd.entries, then rd.hard_state (one sync)
       2. send     rd.messages                (only after step 1 is durable)
-      3. apply    rd.snapshot's payload, then rd.committed_entries, in order;
+      3. apply    rd.committed_entries, in order (after the snapshot's state);
                   answer rd.read_states once applied >= their index;
                   fail rd.dropped_reads (NotLeader); note rd.soft_state
       4. advance(rd)                  (before the next ready())
@@ -194,7 +195,8 @@ class SoftState:
 class Ready:
     """Everything the driver must do, in order: persist, send, apply (see module docstring).
 
-    ``snapshot``: install before ``entries`` (a follower received one).
+    ``snapshot``: install (checkpoint and log reset, durably) before
+    ``entries``; a follower received one from the leader.
     ``entries``: append to stable storage (replacing any suffix they overlap).
     ``hard_state``: persist if not None (it changed since the last Ready).
     ``must_sync``: term, vote, entries or snapshot changed, so the write must be synced
@@ -252,7 +254,9 @@ class RaftNode:
 
         ``applied``: the last index the application already applied (its
         state survives restarts); committed entries after it are emitted
-        again, after the snapshot index at least.
+        again. A stored snapshot counts as applied: the driver installs a
+        snapshot's checkpoint when it persists the snapshot (Ready step 1),
+        so after a restart the state machine is at least at the snapshot.
         """
         if id < 1:
             raise ValueError(f"node id must be >= 1, got {id}")

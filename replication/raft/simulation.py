@@ -313,6 +313,11 @@ class Simulation:
                 raise self.fail(f"node {n.id} installs snapshot {s.index}/{s.term} that is "
                                 "not a committed position")
             st.apply_snapshot(s)
+            # Installing the snapshot's checkpoint is part of persisting it: a
+            # restart finds the state machine at the snapshot, as its log.
+            n.applied = max(n.applied, s.index)
+            self.snapshots += 1
+            self._event("snapshot", (n.id, s.index))
         if rd.entries:
             self._check_entries(n, rd.entries)
             st.append(rd.entries)
@@ -320,10 +325,6 @@ class Simulation:
             st.set_hard_state(rd.hard_state)
 
     def _apply(self, n: _SimNode, rd: Ready) -> None:
-        if rd.snapshot is not None:
-            n.applied = max(n.applied, rd.snapshot.index)
-            self.snapshots += 1
-            self._event("snapshot", (n.id, rd.snapshot.index))
         for e in rd.committed_entries:
             if e.index != n.applied + 1:
                 raise self.fail(f"node {n.id} applies {e.index} after {n.applied}")
