@@ -18,7 +18,7 @@ import pytest
 from replication.raft.simulation import SimConfig, Simulation, SimulationFailure, main, run
 
 SEEDS = 300
-STEPS = 400
+STEPS = 600
 _BASE = SimConfig()
 
 
