@@ -585,7 +585,6 @@ def test_report_snapshot_failure_probes_again_from_match() -> None:
     net = Net(3)
     leader = net.elect(1)
     pr = leader._prs[3]
-    pr.recent_active = True
     pr.become_snapshot(7)
     assert pr.is_paused()
     leader.report_snapshot(3, success=False)

@@ -281,6 +281,7 @@ class RaftNode:
         self._log.applied = max(self._log.applied, applied)
         self.role = Role.FOLLOWER
         self.lead: int | None = None
+        self._ticks = 0  # ticks since start: the clock of the check-quorum window
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = self.config.election_timeout_ticks
@@ -317,6 +318,7 @@ class RaftNode:
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._ticks += 1
         if self.role == Role.LEADER:
             self._tick_heartbeat()
         else:
@@ -599,11 +601,10 @@ class RaftNode:
         pr = self._prs.get(m.frm)
         if pr is None:
             return
+        pr.last_active = self._ticks
         if isinstance(m, AppendEntriesResponse):
-            pr.recent_active = True
             self._handle_append_response(m, pr)
         elif isinstance(m, HeartbeatResponse):
-            pr.recent_active = True
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and pr.inflights.full():
                 pr.inflights.free_first_one()
@@ -612,7 +613,6 @@ class RaftNode:
             if m.context:
                 self._ack_read(m.context, m.frm)
         elif isinstance(m, InstallSnapshotResponse):
-            pr.recent_active = True
             if pr.state == ProgressState.SNAPSHOT:
                 if m.index < pr.pending_snapshot:
                     pr.pending_snapshot = 0  # it did not install ours: probe from its match
@@ -682,17 +682,13 @@ class RaftNode:
                     log.info("node %d: no answer to the snapshot for %d; probing again",
                              self.id, p)
                     pr.become_probe()
+        if self.config.check_quorum and not self._quorum_active():
+            log.warning("node %d steps down at term %d: no quorum heard from within %d ticks",
+                        self.id, self.term, timeout)
+            self._become_follower(self.term, None)
+            return
         if self._election_elapsed >= timeout:
             self._election_elapsed = 0
-            if self.config.check_quorum:
-                active = {p: p == self.id or self._prs[p].recent_active for p in self.peers}
-                for p in self._others:
-                    self._prs[p].recent_active = False
-                if vote_result(self.peers, active) != VoteResult.WON:
-                    log.warning("node %d steps down at term %d: no quorum heard from within "
-                                "%d ticks", self.id, self.term, timeout)
-                    self._become_follower(self.term, None)
-                    return
             if self._lead_transferee is not None:
                 log.info("node %d aborts the transfer to %d", self.id, self._lead_transferee)
                 self._lead_transferee = None
@@ -700,6 +696,12 @@ class RaftNode:
             self._heartbeat_elapsed = 0
             ctx = self._pending_reads[-1].context if self._pending_reads else b""
             self._bcast_heartbeat(ctx)
+
+    def _quorum_active(self) -> bool:
+        """Has a quorum (counting this leader) been heard from within the election timeout?"""
+        since = self._ticks - self.config.election_timeout_ticks
+        heard = 1 + sum(1 for p in self._others if self._prs[p].last_active > since)
+        return heard >= len(self.peers) // 2 + 1
 
     def _append_payloads(self, payloads: list[bytes]) -> int:
         last = self._log.last_index()
@@ -747,7 +749,7 @@ class RaftNode:
         return True
 
     def _send_snapshot(self, to: int, pr: Progress) -> bool:
-        if not pr.recent_active:
+        if pr.last_active <= self._ticks - self.config.election_timeout_ticks:
             return False  # do not ship a snapshot to a node that may be down
         snap = self._log.unstable.snapshot or self._storage.snapshot()
         if snap.index < pr.next - 1 or snap.index == 0:
@@ -825,10 +827,11 @@ class RaftNode:
         last = self._log.last_index()
         cfg = self.config
         for p in self.peers:
-            self._prs[p] = Progress(last + 1, cfg.max_inflight_msgs, cfg.max_inflight_bytes)
+            pr = Progress(last + 1, cfg.max_inflight_msgs, cfg.max_inflight_bytes)
+            pr.last_active = self._ticks  # a grace period: everyone counts as just heard
+            self._prs[p] = pr
         me = self._prs[self.id]
         me.match = last
         me.become_replicate()
-        me.recent_active = True
         log.info("node %d becomes leader at term %d", self.id, self.term)
         self._append_payloads([b""])  # the no-op that commits earlier terms' entries

@@ -81,8 +81,8 @@ class Inflights:
 class Progress:
     """The leader's record of one follower (or of itself: then only ``match`` matters)."""
 
-    __slots__ = ("inflights", "match", "next", "pending_snapshot", "probe_sent",
-                 "recent_active", "state", "state_ticks")
+    __slots__ = ("inflights", "last_active", "match", "next", "pending_snapshot", "probe_sent",
+                 "state", "state_ticks")
 
     def __init__(self, next_index: int, max_inflight_msgs: int, max_inflight_bytes: int) -> None:
         self.match = 0  # highest index known to be on the follower
@@ -90,7 +90,7 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False  # PROBE: an append is out; wait before sending another
         self.pending_snapshot = 0  # SNAPSHOT: index of the snapshot sent
-        self.recent_active = False  # heard from within the last election timeout
+        self.last_active = 0  # leader's tick count when it last heard from this node
         self.state_ticks = 0  # ticks since the last state change (snapshot timeout)
         self.inflights = Inflights(max_inflight_msgs, max_inflight_bytes)
 
