@@ -10,7 +10,7 @@ A follower's :class:`Progress` is in one of three states (etcd's tracker):
   bounded by the :class:`Inflights` window.
 * ``SNAPSHOT``: the entries the follower needs are compacted; a snapshot is
   on its way and nothing else is sent until it is answered (or, if the
-  answer is lost, until ``snapshot_timeout_ticks`` pass).
+  answer is lost, until an election timeout passes: ``state_ticks``).
 
 Invariants: ``match < next``; ``match`` never decreases while the leader
 keeps its term.
