@@ -91,7 +91,8 @@ class Cluster:
             size = self._check_layout(nodes)
             self.consensus = SimulatedConsensus(path, size, fs=self.fs,
                                                 election_delay=election_delay, latency=latency,
-                                                seed=seed, deterministic=deterministic)
+                                                seed=seed, deterministic=deterministic,
+                                                damaged=self._interrupted_repairs(size))
             self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus,
                                self.engine_options, self.fs, self._snapshot_for,
                                timeout=timeout) for i in range(size)]
@@ -148,6 +149,14 @@ class Cluster:
         size = 3 if nodes is None else nodes
         atomic_write(self.fs, meta, lambda f: f.append(_DESCRIPTOR_PREFIX + b"%d\n" % size))
         return size
+
+    def _repair_marker(self, node: int) -> str:
+        return self.fs.join(self.path, f"node-{node}.repairing")
+
+    def _interrupted_repairs(self, size: int) -> dict[int, CorruptionError]:
+        """Nodes whose repair did not finish: damaged, whatever their directory holds now."""
+        return {i: CorruptionError(self._repair_marker(i), None, "a repair did not finish")
+                for i in range(size) if self.fs.exists(self._repair_marker(i))}
 
     def _start_nodes(self) -> None:
         """Start every replica that is not damaged; too many damaged is a CorruptionError."""
@@ -234,15 +243,18 @@ class Cluster:
         n = self.node(node)
         if self._closed:
             raise ClosedError(f"cluster at {self.path} is closed")
-        if n.engine is not None:
+        if n.engine is not None and n.failed is None and node not in self.consensus.failures:
             raise InvalidArgument(f"node {node} is running: crash it before restarting it")
+        n.stop(crash=True)  # a node whose applier or log failed still holds its engine
         self.consensus.restart(node)
         try:
             n.start()
-        except CorruptionError as exc:
-            self.consensus.crash(node)
-            n.damaged = NodeDamaged(node, exc)
-            raise n.damaged from exc
+        except BaseException as exc:
+            self.consensus.crash(node)  # never a running log without an engine
+            if isinstance(exc, CorruptionError):
+                n.damaged = NodeDamaged(node, exc)
+                raise n.damaged from exc
+            raise
         n.damaged = None
 
     def repair(self, node: int) -> None:
@@ -252,12 +264,23 @@ class Cluster:
         is deleted, the leader's engine -- once it has applied everything
         committed -- is checkpointed into it, and its log restarts after the
         checkpoint's index. The node then catches up like any follower.
-        Needs a serving leader (Unavailable otherwise).
+        Needs a serving leader (Unavailable otherwise). A repair that does
+        not finish (a crash, an error) leaves the node damaged: it is
+        retried, never mistaken for a healthy empty replica.
         """
         n = self.node(node)
-        if n.engine is not None:
+        if (n.engine is not None and n.failed is None) or self.consensus.is_alive(node):
             raise InvalidArgument(f"node {node} is running: only a down node can be repaired")
         leader = self.leader()
+        # Withdraw the node's vote first: entries it stored must not count toward a
+        # commit the checkpoint below might not include, since they are deleted.
+        self.consensus.forget(node)
+        marker = self._repair_marker(node)
+        atomic_write(self.fs, marker, lambda f: f.append(b"repair in progress\n"))
+        cause = CorruptionError(marker, None, "a repair did not finish")
+        self.consensus.damaged.setdefault(node, cause)
+        n.damaged = n.damaged or NodeDamaged(node, cause)
+        n.stop(crash=True)
         if not leader.wait_applied(self.consensus.commit_index, self.timeout):
             raise Unavailable(f"leader {leader.id} did not apply the log in time for a repair")
         source = leader.engine
@@ -271,8 +294,14 @@ class Cluster:
         if term is None:
             raise Unavailable(f"the log no longer names the term of index {seq}; retry")
         self.consensus.reseed(node, seq, term)
-        n.start()
+        try:
+            n.start()
+        except BaseException:
+            self.consensus.crash(node)
+            raise
         n.damaged = None
+        self.fs.remove(marker)
+        self.fs.sync_dir(self.path)
         log.warning("cluster: node %d repaired from a checkpoint of node %d at index %d",
                     node, leader.id, seq)
 
@@ -281,13 +310,15 @@ class Cluster:
         c = self.consensus
         per_node = []
         for n in self.nodes:
-            state = ("damaged" if n.damaged is not None else "failed" if n.failed is not None
+            failure = n.failed or c.failures.get(n.id)
+            state = ("damaged" if n.damaged is not None else "failed" if failure is not None
                      else "running" if n.alive else "down")
             per_node.append({
                 "id": n.id, "state": state, "applied_index": n.applied,
                 "commit_index": c.node_commit_index(n.id),
                 "snapshots_installed": n.snapshots_installed,
                 "damage": None if n.damaged is None else str(n.damaged.cause),
+                "failure": None if failure is None else repr(failure),
             })
         return {"leader": c.leader_id, "term": c.term, "commit_index": c.commit_index,
                 "first_index": c.first_index, "elections": c.elections, "nodes": per_node}

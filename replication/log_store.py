@@ -203,6 +203,11 @@ class NodeLog:
         with self._lock:
             return self._entries[-1].term if self._entries else self._base_term
 
+    @property
+    def failed(self) -> BaseException | None:
+        """The error of a failed sync or rewrite; the log refuses writes until reopened."""
+        return self._failed
+
     def term_at(self, index: int) -> int | None:
         """Term of the entry at ``index``; None if it is not held (compacted or beyond)."""
         with self._lock:

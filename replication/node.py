@@ -152,8 +152,14 @@ class Node:
             except BaseException as exc:
                 if isinstance(exc, engine.ClosedError) and self.stopping:
                     return
-                log.error("node %d: applier stopped: %r", self.id, exc)
+                log.error("node %d: applier stopped, the node leaves the group: %r", self.id, exc)
                 self.failed = exc
+                tm = self._tm
+                if tm is not None:
+                    tm.retire("the applier failed")
+                # A replica that cannot apply must not lead or vote: out of the group
+                # until restarted (or repaired), so the others elect a leader that can.
+                self._consensus.crash(self.id)
                 self._wake_waiters(all_of_them=True)
                 return
 
@@ -358,8 +364,9 @@ class LeaderTransactions:
 
     def current(self) -> bool:
         c = self._consensus
-        return (self._retired is None and c.leader_id == self._node.id and c.term == self.term
-                and self._node.engine is self._engine)
+        node = self._node
+        return (self._retired is None and c.leader_id == node.id and c.term == self.term
+                and node.engine is self._engine and node.failed is None)
 
     def retire(self, why: str) -> None:
         if self._retired is None:
@@ -427,9 +434,11 @@ class LeaderTransactions:
         now = self._consensus.now()
         with self._lock:
             self._check()
-            snap = self._engine.snapshot()
+            # Settle orphans *before* the snapshot: one settled as committed after it
+            # would leave _unregistered although the snapshot cannot see it (invariant 2).
             if self._orphans:
                 self._settle_orphans()
+            snap = self._engine.snapshot()
             self._certifier.expire(now)
             for rec in self._unregistered.values():  # invariant 2
                 if rec.index > snap.sequence and rec.blind is not None:
@@ -535,18 +544,20 @@ class LeaderTransactions:
         # does not happen in time ask the proposal itself, in the time left.
         proposal = rec.proposal
         deadline = time.monotonic() + timeout
-        applied = self._node.wait_applied(index, timeout)
-        committed = proposal.outcome if applied else None
-        if committed is None:
-            try:
+        try:
+            applied = self._node.wait_applied(index, timeout)
+            committed = proposal.outcome if applied else None
+            if committed is None:
                 committed = proposal.wait(max(0.0, deadline - time.monotonic()))
-            except AmbiguousCommit as exc:
-                # The entry may still commit: its states stay PENDING in the
-                # certifier (they keep conflicting with later ones) until settled.
-                with self._lock:
-                    self._orphans.append(rec)
+        except BaseException as exc:
+            # The entry may still commit: its states stay PENDING in the
+            # certifier (they keep conflicting with later ones) until settled.
+            with self._lock:
+                self._orphans.append(rec)
+            if isinstance(exc, AmbiguousCommit):
                 raise AmbiguousCommit(str(exc), index=exc.index, term=exc.term,
                                       txn_id=txn_id) from None
+            raise
         with self._lock:
             if not committed:
                 self._settle(rec, False)

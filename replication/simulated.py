@@ -156,7 +156,8 @@ class SimulatedConsensus:
 
     def __init__(self, path: str, nodes: int = 3, *, fs: FileSystem | None = None,
                  election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False,
+                 damaged: dict[int, CorruptionError] | None = None) -> None:
         if nodes < 1:
             raise InvalidArgument(f"nodes must be >= 1, got {nodes}")
         if election_delay <= 0 or latency < 0:
@@ -179,19 +180,27 @@ class SimulatedConsensus:
         self._stopped = threading.Event()
         # A replica whose log fails a check is one of the f failures the group
         # tolerates: it stays down (out of every quorum) until repaired.
-        self.damaged: dict[int, CorruptionError] = {}
+        self.damaged: dict[int, CorruptionError] = dict(damaged or {})  # not even opened
+        # A replica whose log failed a write (a sync or a rewrite) is down too.
+        self.failures: dict[int, BaseException] = {}
         self._logs: list[NodeLog | None] = []
-        for i in range(nodes):
-            try:
-                self._logs.append(self._open_log(i))
-            except CorruptionError as exc:
-                log.error("consensus: node %d stays down, its log is damaged: %s", i, exc)
-                self.damaged[i] = exc
-                self._logs.append(None)
-        if len(self.damaged) > nodes - self.quorum:
+        try:
+            for i in range(nodes):
+                if i in self.damaged:
+                    self._logs.append(None)
+                    continue
+                try:
+                    self._logs.append(self._open_log(i))
+                except CorruptionError as exc:
+                    log.error("consensus: node %d stays down, its log is damaged: %s", i, exc)
+                    self.damaged[i] = exc
+                    self._logs.append(None)
+            if len(self.damaged) > nodes - self.quorum:
+                raise next(iter(self.damaged.values()))
+        except BaseException:
             for lg in self._live_logs():
                 lg.close()
-            raise next(iter(self.damaged.values()))
+            raise
         self._alive = [lg is not None for lg in self._logs]
         self._groups: list[frozenset[int]] = [frozenset(range(nodes))]
         self._term = max(lg.term for lg in self._live_logs())
@@ -423,14 +432,48 @@ class SimulatedConsensus:
                 self._cv.wait(left)
 
     def truncate_prefix(self, index: int) -> None:
+        """Compact every running node's log up to ``index`` (or its commit index).
+
+        A node whose log fails the rewrite leaves the group (see
+        :meth:`_log_failed`); the others are compacted all the same.
+        """
         for i in range(self.nodes):
             with self._io[i]:
                 with self._lock:
                     lg = self._logs[i]
                     upto = min(index, self._node_commit[i])
-                if lg is not None:
+                if lg is None:
+                    continue
+                try:
                     lg.compact(upto)
+                except Exception:
+                    if lg.failed is None:
+                        raise
+            if lg.failed is not None:
+                self._log_failed(i, lg.failed)
 
+    def _log_failed(self, node: int, exc: BaseException) -> None:
+        """``node``'s log can no longer be written: it leaves the group like a crashed node.
+
+        Its entries may be on disk or not; a restart recovers from what is.
+        Caller holds no lock.
+        """
+        log.error("consensus: node %d leaves the group, its log failed: %r", node, exc)
+        self.failures[node] = exc
+        self.crash(node)
+
+    def forget(self, node: int) -> None:
+        """Stop counting ``node``'s stored entries toward commits (its data is to be deleted).
+
+        A down node's synced entries still count -- they are on its disk --
+        until a repair is about to delete them: then the vote must be
+        withdrawn *before* the repair reads the commit index it checkpoints.
+        """
+        self._check_node(node)
+        with self._lock:
+            if self._logs[node] is not None:
+                raise InvalidArgument(f"node {node} is running")
+            self._match[node] = 0
     # -- fault injection -------------------------------------------------------------
 
     def _check_node(self, node: object) -> int:
@@ -463,11 +506,14 @@ class SimulatedConsensus:
         with self._io[node]:
             if self._logs[node] is not None:
                 return
+            if node in self.damaged:  # only a repair (reseed) brings a damaged node back
+                raise NodeDamaged(node, self.damaged[node])
             try:
                 lg = self._open_log(node)
             except CorruptionError as exc:
                 self.damaged[node] = exc
                 raise NodeDamaged(node, exc) from exc
+            self.failures.pop(node, None)
             self._install_log(node, lg)
 
     def reseed(self, node: int, base_index: int, base_term: int) -> None:
@@ -490,6 +536,7 @@ class SimulatedConsensus:
                 lg.set_term(self._term)
             lg.sync()
             self.damaged.pop(node, None)
+            self.failures.pop(node, None)
             self._install_log(node, lg)
 
     def term_at(self, index: int) -> int | None:
@@ -541,7 +588,19 @@ class SimulatedConsensus:
         with self._cv:
             self._maybe_elect()
         for node in range(self.nodes):
-            self._replicate_once(node)
+            try:
+                self._replicate_once(node)
+            except Exception:
+                if not self._handle_log_failure(node):
+                    raise
+
+    def _handle_log_failure(self, node: int) -> bool:
+        """After a replication step of ``node`` failed: did its log fail (now handled)?"""
+        lg = self._logs[node]
+        if lg is None or lg.failed is None:
+            return False
+        self._log_failed(node, lg.failed)
+        return True
 
     def _election_timer(self) -> None:
         step = min(0.02, self.election_delay / 4)
@@ -557,6 +616,8 @@ class SimulatedConsensus:
                 if not self._replicate_once(node):
                     work.wait(0.05)
             except Exception:
+                if self._handle_log_failure(node):
+                    continue  # the node is down now; its replicator idles until a restart
                 log.exception("consensus: replication to node %d failed; retrying", node)
                 time.sleep(0.05)
 
@@ -729,9 +790,16 @@ class SimulatedConsensus:
         self._stopped.set()
         for t in self._threads:
             t.join()
+        errors: list[BaseException] = []
         for i in range(self.nodes):
             with self._io[i]:
                 lg = self._logs[i]
-                if lg is not None:
+                if lg is None:
+                    continue
+                try:
                     lg.sync()
-                    lg.close()
+                except BaseException as exc:  # close the others all the same
+                    errors.append(exc)
+                lg.close()
+        if errors:
+            raise errors[0]

@@ -113,15 +113,22 @@ class KeyValueStore:
         self.timeout = cluster.timeout if timeout is None else timeout
         self._owns = owns_cluster
 
-    def _on_leader(self, fn: Callable[[Node, float], T]) -> T:
-        """Run ``fn(leader_node, seconds_left)``, retrying on leader changes until the timeout."""
+    def _on_leader(self, fn: Callable[[Node, Callable[[], float]], T]) -> T:
+        """Run ``fn(leader_node, left)``, retrying on leader changes until the timeout.
+
+        ``left()`` is the time the operation has left: each wait inside the
+        node asks it anew, so all of them together stay within the timeout.
+        """
         clock = self.cluster.consensus.now
         deadline = clock() + self.timeout
+
+        def left() -> float:
+            return max(0.0, deadline - clock())
+
         delay = 0.002
         while True:
             try:
-                node = self.cluster.leader(max(0.0, deadline - clock()))
-                return fn(node, max(0.0, deadline - clock()))
+                return fn(self.cluster.leader(left()), left)
             except (NotLeader, Unavailable) as exc:
                 if clock() >= deadline:
                     if isinstance(exc, Unavailable):
@@ -135,7 +142,13 @@ class KeyValueStore:
                 delay = min(delay * 2, 0.05)
 
     def _batch(self) -> engine.WriteBatch:
+        """An empty batch that checks keys and values against the replicas' limits."""
         return engine.WriteBatch(self.cluster.engine_options)
+
+    def _write(self, batch: engine.WriteBatch) -> int:
+        """Propose a checked blind write on the leader; the log index it committed at."""
+        return self._on_leader(
+            lambda node, left: node.transactions(left()).write(batch.ops, left()))
 
     def put(self, key: str, value: str) -> int:
         """Set ``key`` to ``value``; return the log index it committed at.
@@ -144,24 +157,24 @@ class KeyValueStore:
         """
         batch = self._batch()
         batch.put(_key(key), _key(value, "value"))
-        return self._on_leader(lambda node, left: node.transactions(left).write(batch.ops, left))
+        return self._write(batch)
 
     def delete(self, key: str) -> int:
         """Remove ``key``; return the log index the deletion committed at."""
         batch = self._batch()
         batch.delete(_key(key))
-        return self._on_leader(lambda node, left: node.transactions(left).write(batch.ops, left))
+        return self._write(batch)
 
     def get(self, key: str) -> str | None:
         """The latest committed value of ``key`` (linearizable)."""
         k = _key(key)
-        return _text(self._on_leader(lambda node, left: node.read(k, left)))
+        return _text(self._on_leader(lambda node, left: node.read(k, left())))
 
     def transaction(self, *, read_only: bool = False) -> StoreTransaction:
         """Begin a transaction on the leader (a context manager: commit on clean exit)."""
         return StoreTransaction(self._on_leader(
-            lambda node, left: node.transactions(left).begin(
-                read_only=read_only, timeout=left, commit_timeout=self.timeout)))
+            lambda node, left: node.transactions(left()).begin(
+                read_only=read_only, timeout=left(), commit_timeout=self.timeout)))
 
     def run_transaction(self, fn: Callable[[StoreTransaction], T], *, max_retries: int = 30,
                         read_only: bool = False) -> T:

@@ -27,8 +27,10 @@ from __future__ import annotations
 import bisect
 import os
 import random
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +157,12 @@ def run_clients(n: int, body: Callable[[int, random.Random], None], seed: int) -
         th.start()
     for th in threads:
         th.join(2 * LIVENESS_S)
-    stuck = [th.name for th in threads if th.is_alive()]
-    assert not stuck, f"client threads never returned: {stuck}"
+    stuck = [th for th in threads if th.is_alive()]
+    if stuck:
+        frames = sys._current_frames()
+        stacks = "\n".join(f"--- {th.name}:\n" + "".join(traceback.format_stack(frames[th.ident]))
+                           for th in stuck if th.ident in frames)
+        pytest.fail(f"client threads never returned: {[th.name for th in stuck]}\n{stacks}")
 
 
 class Archiver:
