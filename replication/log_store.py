@@ -9,6 +9,12 @@ engine's WAL (32 KiB blocks of crc32c-checked fragments, :mod:`engine.record`)::
              | TRUNCATE=2 from_index:u64            entries >= from_index are gone
              | TERM=3 term:u64                      the node's current term (hard state)
              | BASE=4 index:u64 term:u64            the log now starts after (index, term)
+             | VOTE=5 vote:u64                      whom the node voted for in its term
+                                                    (a Raft id >= 1; 0: nobody); since v2
+
+A TERM record clears the vote (a new term has none yet); a VOTE record
+after it names the candidate. Version 1 files (no VOTE records) read as
+"no vote": they were written by a consensus whose votes were not messages.
 
 Appends are buffered and made durable together by :meth:`NodeLog.sync`
 (group commit: one ``write`` and one ``fdatasync`` for everything appended
@@ -21,7 +27,7 @@ records is :class:`engine.CorruptionError`.
 Locks (the invariants every method keeps):
 
 1. ``_lock`` owns the in-memory log -- ``_base_index``, ``_base_term``,
-   ``_term``, ``_entries`` -- and the queue of records not yet written,
+   ``_term``, ``_vote``, ``_entries`` -- and the queue of records not yet written,
    ``_pending``. Every read and every write of them holds it, so a reader
    never sees entries of one base with the index of another, and a record
    is either in ``_pending`` or already part of a segment, never both.
@@ -47,6 +53,7 @@ import errno
 import logging
 import struct
 import threading
+from typing import NamedTuple
 
 from engine.errors import CorruptionError
 from engine.fs import FileSystem, WritableFile, atomic_write
@@ -58,17 +65,27 @@ __all__ = ["NodeLog"]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MAGIC = b"SKVRLOG1"
 _HEADER = struct.Struct("<8sII")
 _ENTRY = struct.Struct("<BQQ")
 _U64 = struct.Struct("<BQ")
 _BASE = struct.Struct("<BQQ")
-ENTRY, TRUNCATE, TERM, BASE = 1, 2, 3, 4
+ENTRY, TRUNCATE, TERM, BASE, VOTE = 1, 2, 3, 4, 5
+
+
+class _State(NamedTuple):
+    """A log's whole state, as a new segment records it."""
+
+    base_index: int
+    base_term: int
+    term: int
+    vote: int
+    entries: list[LogEntry]
 
 
 class NodeLog:
-    """The replicated log as one node stores it: entries after a base, plus its term."""
+    """The replicated log as one node stores it: entries after a base, plus term and vote."""
 
     def __init__(self, fs: FileSystem, dirname: str, node: int) -> None:
         self._fs = fs
@@ -79,6 +96,7 @@ class NodeLog:
         self._base_index = 0  # entries <= base were compacted away
         self._base_term = 0
         self._term = 0
+        self._vote = 0  # 0: no vote in this term
         self._entries: list[LogEntry] = []
         self._pending: list[bytes] = []
         self._failed: BaseException | None = None  # a sync failed: fail-stop until reopened
@@ -147,6 +165,9 @@ class NodeLog:
                     del self._entries[max(0, start - self._base_index - 1) :]
                 elif tag == TERM:
                     _, self._term = _U64.unpack(rec)
+                    self._vote = 0
+                elif tag == VOTE:
+                    _, self._vote = _U64.unpack(rec)
                 elif tag == BASE:
                     _, self._base_index, self._base_term = _BASE.unpack(rec)
                     self._entries = []
@@ -155,15 +176,18 @@ class NodeLog:
             except (struct.error, IndexError):
                 raise CorruptionError(path, offset, "truncated replication log record") from None
 
-    def _state(self) -> tuple[int, int, int, list[LogEntry]]:
-        """(base index, base term, term, entries): what a new segment holds. Holds _lock."""
-        return self._base_index, self._base_term, self._term, list(self._entries)
+    def _state(self) -> _State:
+        """What a new segment holds. Holds _lock."""
+        return _State(self._base_index, self._base_term, self._term, self._vote,
+                      list(self._entries))
 
-    def _write_segment(self, number: int, state: tuple[int, int, int, list[LogEntry]]) -> None:
+    def _write_segment(self, number: int, state: _State) -> None:
         """Write a complete segment holding ``state``, atomically. Holds _file_lock, not _lock."""
-        base_index, base_term, term, entries = state
+        base_index, base_term, term, vote, entries = state
         records = [_HEADER.pack(_MAGIC, FORMAT_VERSION, self._node),
                    _BASE.pack(BASE, base_index, base_term), _U64.pack(TERM, term)]
+        if vote:
+            records.append(_U64.pack(VOTE, vote))
         records += [_ENTRY.pack(ENTRY, e.index, e.term) + e.payload for e in entries]
         path = self._path(number)
 
@@ -192,6 +216,12 @@ class NodeLog:
         """The node's current term (its hard state)."""
         with self._lock:
             return self._term
+
+    @property
+    def vote(self) -> int:
+        """Whom the node voted for in its current term (a Raft id >= 1; 0: nobody)."""
+        with self._lock:
+            return self._vote
 
     @property
     def last_index(self) -> int:
@@ -259,9 +289,22 @@ class NodeLog:
             self._pending.append(_U64.pack(TRUNCATE, from_index))
 
     def set_term(self, term: int) -> None:
+        """Enter ``term`` (with no vote yet); durable at the next sync."""
         with self._lock:
             self._term = term
+            self._vote = 0
             self._pending.append(_U64.pack(TERM, term))
+
+    def set_hard_state(self, term: int, vote: int) -> None:
+        """Record term and vote (Raft's hard state); durable, together, at the next sync."""
+        with self._lock:
+            if term != self._term:
+                self._term = term
+                self._vote = 0
+                self._pending.append(_U64.pack(TERM, term))
+            if vote != self._vote:
+                self._vote = vote
+                self._pending.append(_U64.pack(VOTE, vote))
 
     def _check_failed(self) -> None:
         """Refuse to write after a failed sync. Holds _file_lock."""
@@ -318,7 +361,7 @@ class NodeLog:
         i = index - self._base_index - 1
         return self._entries[i].term if 0 <= i < len(self._entries) else None
 
-    def _rewrite(self, state: tuple[int, int, int, list[LogEntry]]) -> None:
+    def _rewrite(self, state: _State) -> None:
         """Replace the segment by a new one holding ``state``. Holds _file_lock."""
         old = self._segment
         try:

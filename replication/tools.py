@@ -41,6 +41,7 @@ from replication.log_store import (
     FORMAT_VERSION,
     TERM,
     TRUNCATE,
+    VOTE,
 )
 
 __all__ = ["ClusterInfo", "NodeInfo", "RlogInfo", "cluster_stats", "dump_rlog", "read_rlog"]
@@ -53,8 +54,8 @@ class RlogRecord:
     """One decoded record of a replication log segment."""
 
     offset: int
-    kind: str  # "ENTRY" | "TRUNCATE" | "TERM" | "BASE"
-    index: int = 0  # ENTRY, BASE: the index; TRUNCATE: the first index dropped
+    kind: str  # "ENTRY" | "TRUNCATE" | "TERM" | "BASE" | "VOTE"
+    index: int = 0  # ENTRY, BASE: the index; TRUNCATE: the first index dropped; VOTE: the id
     term: int = 0  # ENTRY, TERM, BASE
     payload: bytes = b""  # ENTRY only
 
@@ -123,6 +124,9 @@ def read_rlog(fs: FileSystem, path: str) -> RlogInfo:
             elif tag == TERM:
                 _, term = _U64.unpack(rec)
                 records.append(RlogRecord(offset, "TERM", term=term))
+            elif tag == VOTE:
+                _, vote = _U64.unpack(rec)
+                records.append(RlogRecord(offset, "VOTE", index=vote))
             elif tag == BASE:
                 _, base_index, base_term = _BASE.unpack(rec)
                 held = []
@@ -179,6 +183,8 @@ def dump_rlog(fs: FileSystem, path: str, *, limit: int | None = None, hex_: bool
             yield f"TRUNCATE from index {rec.index} @ offset {rec.offset}"
         elif rec.kind == "TERM":
             yield f"TERM {rec.term} @ offset {rec.offset}"
+        elif rec.kind == "VOTE":
+            yield f"VOTE for {rec.index or 'nobody'} @ offset {rec.offset}"
         else:
             yield f"BASE index {rec.index} term {rec.term} @ offset {rec.offset}"
     entries = sum(r.kind == "ENTRY" for r in info.records)

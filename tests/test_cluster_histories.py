@@ -155,8 +155,9 @@ def run_clients(n: int, body: Callable[[int, random.Random], None], seed: int) -
                                 daemon=True, name=f"client-{c}") for c in range(n)]
     for th in threads:
         th.start()
+    deadline = time.monotonic() + RUN_S + 2 * LIVENESS_S  # clients run about RUN_S
     for th in threads:
-        th.join(2 * LIVENESS_S)
+        th.join(max(0.0, deadline - time.monotonic()))
     stuck = [th for th in threads if th.is_alive()]
     if stuck:
         frames = sys._current_frames()

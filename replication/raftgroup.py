@@ -1,0 +1,397 @@
+"""RaftGroup: N Raft nodes in one process over a memory network -- a real protocol, in-process.
+
+Each node is a :class:`~replication.driver.RaftConsensus`: a pure
+:class:`~replication.raft.node.RaftNode`, its own durable log, its own
+threads; the nodes speak only through messages on a
+:class:`~replication.transport.memory.MemoryNetwork`. Nothing here decides
+for them: who leads, what is committed and which proposal won are what the
+nodes' own messages made of it. The group only routes client calls (to the
+node that leads in the highest term) and injects faults -- ``crash``
+(the node's memory is lost, its log keeps what was synced), ``restart``,
+``partition``, ``heal``, ``set_latency`` -- so the same consensus contract
+suite runs against it and against :class:`~replication.simulated.SimulatedConsensus`.
+
+Timing: ``election_delay`` seconds is the election timeout, 10 ticks; the
+leader heartbeats every 2 ticks. A follower campaigns after a randomised
+1-2 election timeouts without a leader (pre-vote first); a leader that has
+not heard from a quorum for one election timeout steps down (check-quorum).
+
+Deterministic mode (``deterministic=True``): no threads, a tick count for a
+clock; :meth:`tick` ticks every node and then runs their Ready pipelines
+until no message is left in flight; ``Proposal.wait`` ticks until the fate
+is known. With a seed, the same calls give the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from sortedcontainers import SortedDict
+
+from engine.errors import ClosedError, InvalidArgument
+from engine.fs import FileSystem, OSFileSystem
+from replication.consensus import LogEntry
+from replication.driver import RaftConsensus, RaftProposal
+from replication.errors import AmbiguousCommit, NotLeader, Unavailable
+from replication.raft.node import RaftConfig
+from replication.transport.memory import MemoryNetwork
+
+__all__ = ["RaftGroup"]
+
+log = logging.getLogger(__name__)
+
+ELECTION_TIMEOUT_TICKS = 10
+HEARTBEAT_TICKS = 2
+_MAX_DETERMINISTIC_TICKS = 400
+
+
+class _DeterministicProposal:
+    """A proposal whose wait ticks the group (deterministic mode)."""
+
+    __slots__ = ("_group", "_inner")
+
+    def __init__(self, group: RaftGroup, inner: RaftProposal) -> None:
+        self._group = group
+        self._inner = inner
+
+    @property
+    def index(self) -> int:
+        return self._inner.index
+
+    @property
+    def outcome(self) -> bool | None:
+        return self._inner.outcome
+
+    def wait(self, timeout: float | None = None) -> bool:
+        for _ in range(_MAX_DETERMINISTIC_TICKS):
+            if self._inner.outcome is not None:
+                return self._inner.outcome
+            self._group.tick()
+        raise AmbiguousCommit(f"entry {self.index}: outcome unknown after "
+                              f"{_MAX_DETERMINISTIC_TICKS} ticks", index=self._inner.index,
+                              term=self._inner.term)
+
+
+class RaftGroup:
+    """A replicated log over ``nodes`` Raft nodes in one process, with fault injection."""
+
+    def __init__(self, path: str, nodes: int = 3, *, fs: FileSystem | None = None,
+                 election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
+                 deterministic: bool = False) -> None:
+        if nodes < 1:
+            raise InvalidArgument(f"nodes must be >= 1, got {nodes}")
+        if election_delay <= 0 or latency < 0:
+            raise InvalidArgument("election_delay must be > 0 and latency >= 0")
+        self.path = path
+        self.nodes = nodes
+        self.quorum = nodes // 2 + 1
+        self.deterministic = deterministic
+        self.election_delay = election_delay
+        self.tick_s = election_delay / ELECTION_TIMEOUT_TICKS
+        self.propose_timeout_s = 10 * election_delay
+        self._fs = fs or OSFileSystem()
+        self._rng = random.Random(seed)
+        self._config = RaftConfig(election_timeout_ticks=ELECTION_TIMEOUT_TICKS,
+                                  heartbeat_ticks=HEARTBEAT_TICKS)
+        self.network = MemoryNetwork(nodes, rng=random.Random(self._rng.random()),
+                                     latency_s=latency)
+        self._lock = threading.Lock()  # _nodes
+        # Proposals are the group's, as a client with a request id would track them:
+        # decided by whichever node learns what committed at their index, so a
+        # proposal outlives the crash of the leader that took it. _plock is a
+        # leaf lock (taken under a node's lock by its on_commit callback).
+        self._plock = threading.Lock()
+        self._proposals: SortedDict[tuple[int, int], RaftProposal] = SortedDict()
+        self._ticks = 0
+        self.elections = 0
+        self.before_tick: Callable[[], None] | None = None
+        self._closed = False
+        self._nodes: list[RaftConsensus | None] = [None] * nodes
+        try:
+            for i in range(nodes):
+                self._nodes[i] = self._open(i)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, node: int) -> RaftConsensus:
+        return RaftConsensus(node, self.nodes, self._fs,
+                             self._fs.join(self.path, f"node-{node}", "log"), self.network,
+                             config=self._config, rng=random.Random(self._rng.random()),
+                             tick_s=self.tick_s, threads=not self.deterministic,
+                             on_leader=self._elected, on_commit=self._committed)
+
+    def _committed(self, entries: tuple[LogEntry, ...]) -> None:
+        """A node learned ``entries`` are committed: decide the proposals they settle."""
+        last = entries[-1]
+        with self._plock:
+            if not self._proposals:
+                return
+            terms = {e.index: e.term for e in entries}
+            for key in list(self._proposals.irange(maximum=(last.index, 1 << 62))):
+                if key[0] in terms:
+                    self._proposals.pop(key).decide(terms[key[0]] == key[1])
+            # An entry of a later term committed below a proposal: it can never commit.
+            for key in list(self._proposals):
+                if key[1] < last.term:
+                    self._proposals.pop(key).decide(False)
+
+    def _elected(self, node: int, term: int) -> None:
+        log.info("raft group: node %d leads term %d", node, term)
+        self.elections += 1
+
+    # -- routing ------------------------------------------------------------------------
+
+    def _check_node(self, node: object) -> int:
+        if type(node) is not int or not 0 <= node < self.nodes:
+            raise InvalidArgument(f"node must be an int in [0, {self.nodes}), got {node!r}")
+        return node
+
+    def _running(self) -> list[RaftConsensus]:
+        return [n for n in self._nodes if n is not None and n.failed is None]
+
+    def _node(self, node: int) -> RaftConsensus:
+        n = self._nodes[self._check_node(node)]
+        if n is None or n.failed is not None:
+            raise NotLeader(f"node {node} is down")
+        return n
+
+    @property
+    def leader_id(self) -> int | None:
+        """The running node that leads in the highest term (a deposed leader may not know yet)."""
+        best: tuple[int, int] | None = None
+        for n in self._running():
+            if n.is_leader:
+                cand = (n.term, n.id)
+                best = cand if best is None or cand > best else best
+        return None if best is None else best[1]
+
+    def _leader(self) -> RaftConsensus:
+        lid = self.leader_id
+        if lid is None:
+            raise NotLeader("no leader is elected")
+        return self._node(lid)
+
+    @property
+    def term(self) -> int:
+        """The leader's term (the highest term of a running node while there is none)."""
+        lid = self.leader_id
+        if lid is not None:
+            return self._node(lid).term
+        return max((n.term for n in self._running()), default=0)
+
+    @property
+    def commit_index(self) -> int:
+        """The leader's commit index (the highest a running node knows, while none leads)."""
+        lid = self.leader_id
+        if lid is not None:
+            return self._node(lid).committed
+        return max((n.committed for n in self._running()), default=0)
+
+    @property
+    def first_index(self) -> int:
+        return max((n.log.base_index for n in self._running()), default=0) + 1
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def node_commit_index(self, node: int) -> int:
+        n = self._nodes[self._check_node(node)]
+        return 0 if n is None else n.committed
+
+    def is_alive(self, node: int) -> bool:
+        n = self._nodes[self._check_node(node)]
+        return n is not None and n.failed is None
+
+    def leader_ready(self, node: int) -> bool:
+        n = self._nodes[self._check_node(node)]
+        return n is not None and n.failed is None and n.leader_ready()
+
+    def now(self) -> float:
+        """Seconds, or in deterministic mode ticks x the tick length."""
+        if self.deterministic:
+            return self._ticks * self.tick_s
+        return time.monotonic()
+
+    def random_id(self) -> bytes:
+        """16 random bytes (an id, not a secret); seeded in deterministic mode."""
+        if self.deterministic:
+            return self._rng.randbytes(16)
+        return random.randbytes(16)
+
+    # -- the consensus interface ------------------------------------------------------------
+
+    def propose(self, transaction: bytes) -> bool:
+        """Submit through the leader and block until the entry's fate is known.
+
+        A leader cut off from its quorum cannot know at once that it no
+        longer leads: its proposals wait, at most ``propose_timeout_s``
+        (ten election timeouts), and then raise AmbiguousCommit.
+        """
+        try:
+            return self.submit(transaction).wait(self.propose_timeout_s)
+        except (NotLeader, Unavailable):
+            return False
+
+    def get_committed_transactions(self) -> list[bytes]:
+        """Committed payloads (no-ops omitted) since the last truncation, from the leader.
+
+        With no leader, from the running node that knows the most (it may not
+        yet know how far the log was committed: the list can end early).
+        """
+        lid = self.leader_id
+        running = self._running()
+        if lid is not None:
+            return self._node(lid).get_committed_transactions()
+        if not running:
+            return []
+        return max(running, key=lambda n: n.committed).get_committed_transactions()
+
+    def next_index(self, node: int) -> int:
+        return self._node(node).next_index()
+
+    def submit(self, transaction: bytes, *, node: int | None = None,
+               expect_index: int | None = None, expect_term: int | None = None,
+               attachment: object = None) -> RaftProposal | _DeterministicProposal:
+        """Append through ``node`` (default: the leader) without waiting.
+
+        ``attachment`` is accepted for the interface and not kept: every
+        node decodes the payload it holds.
+        """
+        if not isinstance(transaction, (bytes, bytearray, memoryview)):
+            raise TypeError(f"transaction must be bytes-like, got {type(transaction).__name__}")
+        payload = bytes(transaction)
+        if not payload:
+            raise InvalidArgument("an empty transaction is reserved for leader no-ops")
+        if self._closed:
+            raise ClosedError("consensus module is closed")
+        n = self._leader() if node is None else self._node(node)
+        index, term = n.append(payload, expect_index=expect_index, expect_term=expect_term)
+        p = RaftProposal(index, term)
+        with self._plock:
+            self._proposals[index, term] = p
+            for other in self._running():  # committed before it was registered?
+                held = other.log.term_at(index) if other.committed >= index else None
+                if held is not None:
+                    self._proposals.pop((index, term)).decide(held == term)
+                    break
+        if self.deterministic:  # the entry leaves the leader at the next tick
+            return _DeterministicProposal(self, p)
+        return p
+
+    def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
+                      ) -> list[LogEntry]:
+        """Committed entries after ``index`` that ``node`` (default: the leader) holds."""
+        n = self._nodes[self._check_node(node)] if node is not None else (
+            self._nodes[self.leader_id] if self.leader_id is not None else None)
+        return [] if n is None else n.entries_after(index, limit)
+
+    def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool:
+        if self.deterministic:
+            n = self._nodes[node] if node is not None else (
+                self._nodes[self.leader_id] if self.leader_id is not None else None)
+            return n is not None and n.committed >= index
+        deadline = time.monotonic() + timeout
+        while True:
+            n = self._nodes[node] if node is not None else (
+                self._nodes[self.leader_id] if self.leader_id is not None else None)
+            left = deadline - time.monotonic()
+            if n is not None and n.wait_committed(index, min(left, 0.05)):
+                return True
+            if left <= 0 or self._closed:
+                return False
+            if n is None:
+                time.sleep(min(left, 0.005))
+
+    def read_index(self, node: int, timeout: float) -> int:
+        n = self._node(node)
+        if not self.deterministic:
+            return n.read_index(timeout)
+        for _ in range(_MAX_DETERMINISTIC_TICKS):  # start the read, then tick until answered
+            try:
+                return n.read_index(0.0)
+            except Unavailable:
+                self.tick()
+        raise Unavailable(f"leader {node} could not confirm its leadership")
+
+    def truncate_prefix(self, index: int) -> None:
+        """Compact every running node's log up to ``index`` (at most what it knows committed)."""
+        for n in self._running():
+            n.compact(index)
+
+    # -- fault injection -------------------------------------------------------------------
+
+    def crash(self, node: int) -> None:
+        """Stop ``node``: its memory is lost, its log file keeps what was synced."""
+        self._check_node(node)
+        with self._lock:
+            n, self._nodes[node] = self._nodes[node], None
+        if n is not None:
+            n.stop()
+            log.info("raft group: node %d crashed", node)
+
+    def restart(self, node: int) -> None:
+        """Bring ``node`` back from its log file; it catches up from the leader."""
+        self._check_node(node)
+        with self._lock:
+            old = self._nodes[node]
+            if old is not None and old.failed is None:
+                return
+        if old is not None:
+            old.stop()
+        n = self._open(node)
+        with self._lock:
+            self._nodes[node] = n
+        log.info("raft group: node %d restarted at index %d term %d", node, n.log.last_index,
+                 n.log.term)
+
+    def partition(self, nodes: Sequence[int]) -> None:
+        """Cut ``nodes`` off from the others (both sides keep running)."""
+        self.network.partition(nodes)
+
+    def heal(self) -> None:
+        self.network.heal()
+
+    def set_latency(self, seconds: float) -> None:
+        self.network.set_latency(seconds)
+
+    # -- deterministic driving ----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Deterministic mode: one tick on every node, then run every pipeline until quiet.
+
+        ``before_tick``, if set, runs first (a simulation injects faults there).
+        """
+        if self.before_tick is not None:
+            self.before_tick()
+        self._ticks += 1
+        for n in self._running():
+            n.tick()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Run the nodes' Ready pipelines, in node order, until no message is in flight."""
+        for _ in range(1000):
+            if not any([n.cycle() for n in self._running()]):
+                return
+        raise RuntimeError("the raft group did not settle: messages keep flowing")
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for n in self._nodes:
+            if n is not None:
+                n.close()
+        self.network.close()
+        with self._plock:
+            for p in self._proposals.values():
+                p.decide(None)
+            self._proposals.clear()
