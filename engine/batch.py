@@ -15,12 +15,21 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from engine.encoding import Kind
 from engine.errors import CorruptionError, InvalidArgument
 from engine.options import Options
 
-__all__ = ["WriteBatch", "check_key", "check_value", "decode_ops", "encode_ops"]
+__all__ = [
+    "WriteBatch",
+    "check_key",
+    "check_keys",
+    "check_value",
+    "decode_ops",
+    "encode_ops",
+    "prefix_bounds",
+]
 
 _OP = struct.Struct("<BII")
 _COUNT = struct.Struct("<I")
@@ -45,6 +54,44 @@ def check_key(key: object, options: Options) -> bytes:
             f"key of {len(k)} bytes exceeds max_key_bytes={options.max_key_bytes}"
         )
     return k
+
+
+def check_keys(keys: object, options: Options) -> list[bytes]:
+    """Return the keys of the iterable ``keys`` as a list of bytes (``multi_get``).
+
+    Each key is checked like ``check_key``; a bad one raises TypeError or
+    InvalidArgument naming its position (``keys[3]``). A single bytes or str
+    object is refused rather than read as a sequence of ints or characters.
+    """
+    if isinstance(keys, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"keys must be an iterable of keys, got a single {type(keys).__name__}")
+    try:
+        items: list[Any] = list(keys)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"keys must be an iterable of keys, got {type(keys).__name__}") from None
+    limit = options.max_key_bytes
+    for i, k in enumerate(items):
+        if type(k) is not bytes:
+            if not isinstance(k, (bytearray, memoryview)):
+                raise TypeError(f"keys[{i}] must be bytes-like, got {type(k).__name__}")
+            k = items[i] = bytes(k)
+        if len(k) > limit:
+            raise InvalidArgument(f"keys[{i}] of {len(k)} bytes exceeds max_key_bytes={limit}")
+    return items
+
+
+def prefix_bounds(prefix: bytes) -> tuple[bytes, bytes | None]:
+    """The key range ``[lo, hi)`` holding exactly the keys that start with ``prefix``.
+
+    ``hi`` is the shortest key greater than every key with the prefix: the
+    prefix with trailing 0xff bytes dropped and its last byte incremented.
+    A prefix of only 0xff bytes (or the empty prefix) has no such key:
+    ``hi`` is None, no upper bound.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return prefix, None
+    return prefix, stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
 def check_value(value: object, options: Options) -> bytes:

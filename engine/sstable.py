@@ -355,6 +355,40 @@ class Table:
             blk = self._fill(ckey, offset, self._sizes[i])
         return blk.get(key, seq)
 
+    def get_sorted(self, keys: list[bytes], seq: int, found: dict[bytes, bytes | None]
+                   ) -> bool:
+        """:meth:`get` of each of ``keys`` (ascending, distinct), hits stored in ``found``.
+
+        ``found[key]`` becomes the value (None for a tombstone) of each key
+        with a version visible at ``seq``; returns True if there was any.
+        The batch walks the index once (each bisection starts where the
+        previous one ended) and fetches each block once, however many of the
+        keys it holds: ``multi_get``'s per-table step.
+        """
+        index = self._index_keys
+        n = len(index)
+        cache_get = self._cache.get
+        base = self._cache_base
+        bi = -1
+        i = 0
+        blk: Block | None = None
+        hit_any = False
+        for key in keys:
+            i = bisect_left(index, key, i)
+            if i == n:
+                break
+            if i != bi or blk is None:
+                bi = i
+                offset = self._offsets[i]
+                blk = cache_get(base | offset)
+                if blk is None:
+                    blk = self._fill(base | offset, offset, self._sizes[i])
+            hit = blk.get(key, seq)
+            if hit is not None:
+                found[key] = hit[1]
+                hit_any = True
+        return hit_any
+
     def cursor(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> TableCursor:
         return TableCursor(self, lo, hi, reverse)
 

@@ -12,16 +12,16 @@ transactions may run concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, runtime_checkable
 
-from engine.batch import Buffer, WriteBatch, check_key
+from engine.batch import Buffer, WriteBatch, check_key, check_keys
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
 from engine.options import Options
 from engine.ssi import TxnState
 
-__all__ = ["Transaction", "TransactionBackend"]
+__all__ = ["BatchReadBackend", "Transaction", "TransactionBackend"]
 
 
 class TransactionBackend(Protocol):
@@ -46,6 +46,18 @@ class TransactionBackend(Protocol):
                ) -> int | None: ...
 
     def rollback(self, state: TxnState) -> None: ...
+
+
+@runtime_checkable
+class BatchReadBackend(Protocol):
+    """A backend that can also read many keys at once (optional; the engine's is one).
+
+    ``read_many`` records every key with the certifier, as ``read`` does for
+    one, then reads them all at ``state.snapshot``. A backend without it
+    serves :meth:`Transaction.multi_get` with one ``read`` per key.
+    """
+
+    def read_many(self, state: TxnState, keys: list[bytes]) -> list[bytes | None]: ...
 
 
 class Transaction:
@@ -91,6 +103,30 @@ class Transaction:
             return self._backend.read(self._state, k)
         except SerializationFailure as exc:
             self._fail(exc)
+
+    def multi_get(self, keys: Iterable[Buffer]) -> list[bytes | None]:
+        """:meth:`get` of each of ``keys``, in order (duplicates allowed), in one call.
+
+        Keys this transaction wrote give their buffered value; every other
+        key is read at the snapshot and recorded by the certifier exactly as
+        :meth:`get` records it, so SSI sees each of them as read.
+        """
+        self._check()
+        ks = check_keys(keys, self._backend.options)
+        writes = self._writes
+        need = [k for k in dict.fromkeys(ks) if k not in writes]
+        got: dict[bytes, bytes | None] = {}
+        if need:
+            backend = self._backend
+            try:
+                if isinstance(backend, BatchReadBackend):
+                    values = backend.read_many(self._state, need)
+                else:
+                    values = [backend.read(self._state, k) for k in need]
+            except SerializationFailure as exc:
+                self._fail(exc)
+            got = dict(zip(need, values, strict=True))
+        return [writes[k] if k in writes else got[k] for k in ks]
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:

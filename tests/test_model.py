@@ -2,8 +2,9 @@
 
 Every run draws its own Options (tiny memtables, blocks, files and level
 targets; lz4 or not; bloom or not; sync or not), so flushes and compactions
-run constantly in the background while the rules put, delete, batch, read,
-scan, take and read snapshots, flush, compact, close and reopen, and crash.
+run constantly in the background while the rules put, delete, batch, read
+(get, multi_get), scan, take and read snapshots, flush, compact, close and
+reopen, and crash.
 
 Crashes use MemFS clones while the background threads are running, so a
 clone may capture a flush or a compaction half done:
@@ -170,6 +171,11 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.db is not None
         assert self.db.get(k) == self.model.get(k)
 
+    @rule(keys=st.lists(st.one_of(key_st, st.binary(max_size=3)), max_size=12))
+    def multi_get(self, keys: list[bytes]) -> None:
+        assert self.db is not None
+        assert self.db.multi_get(keys) == [self.model.get(k) for k in keys]
+
     @rule(lo=bound_st, hi=bound_st, reverse=st.booleans())
     def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
         assert self.db is not None
@@ -194,6 +200,7 @@ class EngineMachine(RuleBasedStateMachine):
         old = self.history[seq]
         for k in KEYS:
             assert snap.get(k) == old.get(k), (k, seq)
+        assert snap.multi_get(KEYS[::-1]) == [old.get(k) for k in KEYS[::-1]]
         want = sorted((k, v) for k, v in old.items() if in_range(k, lo, hi))
         if reverse:
             want.reverse()

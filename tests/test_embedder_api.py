@@ -1,0 +1,204 @@
+"""What embedders expect (issue 17): multi_get, prefix scans, per-write sync, read-only open."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import engine
+from engine.fs import FileSystem, MemFS
+from engine.ssi import TxnState
+
+SMALL = {"memtable_bytes": 4096, "block_bytes": 256, "target_file_bytes": 2048,
+         "level_base_bytes": 4096, "l0_compaction_trigger": 2}
+
+
+@pytest.fixture(params=["ssi", "occ"])
+def txn_db(request: pytest.FixtureRequest) -> Iterator[engine.Engine]:
+    e = engine.open("/db", fs=MemFS(), isolation=request.param)
+    yield e
+    e.close()
+
+
+def _fill_every_source(db: engine.Engine, rng: random.Random, model: dict[bytes, bytes]
+                       ) -> None:
+    """Writes that leave versions in levels, L0, immutable memtables and the memtable."""
+    keys = [b"k%03d" % i for i in range(300)]
+    for round_ in range(4):
+        for _ in range(400):
+            k = rng.choice(keys)
+            if rng.random() < 0.2:
+                db.delete(k)
+                model.pop(k, None)
+            else:
+                v = b"%d-" % round_ + rng.randbytes(rng.randrange(40))
+                db.put(k, v)
+                model[k] = v
+        if round_ == 1:
+            db.compact()
+        elif round_ == 2:
+            db.flush()
+
+
+# ---------------------------------------------------------------------- multi_get
+
+
+def test_multi_get_equals_a_loop_of_get(fs_path: tuple[FileSystem, str], seed: int) -> None:
+    """Values from every source, tombstones, overwrites, duplicates and absent keys, in order."""
+    fs, path = fs_path
+    rng = random.Random(seed)
+    model: dict[bytes, bytes] = {}
+    with engine.open(path, fs=fs, **SMALL) as db:
+        _fill_every_source(db, rng, model)
+        stats = db.stats()
+        assert sum(lv["files"] for lv in stats["levels"]) > 1
+        for _ in range(50):
+            keys = [rng.choice([b"k%03d" % rng.randrange(320), b"", b"\xff", b"k"])
+                    for _ in range(rng.randrange(0, 60))]
+            got = db.multi_get(keys)
+            assert got == [db.get(k) for k in keys] == [model.get(k) for k in keys]
+        assert db.multi_get([]) == []
+        assert db.multi_get(iter([b"k001", b"k001"])) == [model.get(b"k001")] * 2
+        assert db.multi_get([bytearray(b"k002"), memoryview(b"k003")]) == [
+            model.get(b"k002"), model.get(b"k003")]
+
+
+def test_multi_get_reads_one_consistent_state(fs_path: tuple[FileSystem, str]) -> None:
+    """Keys always written together in one batch are never seen from two different batches."""
+    fs, path = fs_path
+    keys = [b"pair-a", b"pair-b", b"pair-c"]
+    with engine.open(path, fs=fs, sync="none", memtable_bytes=8192) as db:
+        stop = threading.Event()
+
+        def writer() -> None:
+            i = 0
+            while not stop.is_set():
+                with db.batch() as b:
+                    for k in keys:
+                        b.put(k, b"%08d" % i + bytes(50))
+                i += 1
+
+        t = threading.Thread(target=writer)
+        t.start()
+        try:
+            torn = 0
+            for _ in range(3000):
+                values = db.multi_get([keys[2], keys[0], keys[1], keys[0]])
+                torn += len(set(values)) > 1
+        finally:
+            stop.set()
+            t.join()
+        assert torn == 0, f"{torn} multi_gets mixed two batches"
+
+
+def test_snapshot_multi_get_sees_the_snapshot(fs_path: tuple[FileSystem, str]) -> None:
+    fs, path = fs_path
+    with engine.open(path, fs=fs, **SMALL) as db:
+        db.put(b"a", b"1")
+        db.put(b"b", b"1")
+        with db.snapshot() as snap:
+            db.put(b"a", b"2")
+            db.delete(b"b")
+            db.put(b"c", b"2")
+            db.flush()
+            assert snap.multi_get([b"c", b"b", b"a"]) == [None, b"1", b"1"]
+            assert db.multi_get([b"c", b"b", b"a"]) == [b"2", None, b"2"]
+        with pytest.raises(engine.ClosedError):
+            snap.multi_get([b"a"])
+
+
+@pytest.mark.parametrize("bad", ["str", None, 42, ["list"]])
+def test_multi_get_bad_keys_raise_typeerror_naming_the_position(db: engine.Engine,
+                                                                 bad: object) -> None:
+    with pytest.raises(TypeError, match=r"keys\[1\] must be bytes-like"):
+        db.multi_get([b"ok", bad])  # type: ignore[list-item]
+    with db.snapshot() as snap, pytest.raises(TypeError, match=r"keys\[0\]"):
+        snap.multi_get([bad])  # type: ignore[list-item]
+    with db.transaction() as tx, pytest.raises(TypeError, match=r"keys\[2\]"):
+        tx.multi_get([b"a", b"b", bad])  # type: ignore[list-item]
+
+
+def test_multi_get_refuses_a_single_key_and_non_iterables(db: engine.Engine) -> None:
+    for single in (b"abc", "abc", bytearray(b"ab")):
+        with pytest.raises(TypeError, match="iterable of keys"):
+            db.multi_get(single)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="iterable of keys"):
+        db.multi_get(42)  # type: ignore[arg-type]
+
+
+def test_multi_get_oversized_key_and_closed_engine() -> None:
+    db = engine.open("/db", fs=MemFS(), max_key_bytes=4)
+    with pytest.raises(engine.InvalidArgument, match=r"keys\[1\].*max_key_bytes"):
+        db.multi_get([b"ok", b"toolong"])
+    db.close()
+    with pytest.raises(engine.ClosedError):
+        db.multi_get([b"a"])
+
+
+def test_transaction_multi_get_own_writes_win(txn_db: engine.Engine) -> None:
+    db = txn_db
+    db.put(b"a", b"old")
+    db.put(b"b", b"old")
+    tx = db.begin()
+    tx.put(b"a", b"mine")
+    tx.delete(b"b")
+    tx.put(b"new", b"mine")
+    db.put(b"c", b"later")  # after the snapshot: invisible (and a stale read for OCC)
+    assert tx.multi_get([b"b", b"a", b"new", b"c", b"a"]) == [
+        None, b"mine", b"mine", None, b"mine"]
+    tx.rollback()
+
+
+def test_transaction_multi_get_reads_are_tracked(txn_db: engine.Engine) -> None:
+    """Write skew through multi_get: each reads both keys, writes one; one of them must fail."""
+    db = txn_db
+    db.put(b"x", b"1")
+    db.put(b"y", b"1")
+    t1, t2 = db.begin(), db.begin()
+    assert t1.multi_get([b"x", b"y"]) == [b"1", b"1"]
+    assert t2.multi_get([b"y", b"x"]) == [b"1", b"1"]
+    t1.put(b"x", b"0")
+    t2.put(b"y", b"0")
+    t1.commit()
+    with pytest.raises(engine.SerializationFailure) as info:
+        t2.commit()
+    assert info.value.reason in ("dangerous_structure", "stale_read")
+
+
+class _ReadOnlyPointBackend:
+    """An engine backend stripped to the TransactionBackend protocol (no read_many)."""
+
+    def __init__(self, inner: engine.db._LocalTransactions) -> None:
+        self._inner = inner
+        self.options = inner.options
+        self.reads: list[bytes] = []
+
+    def read(self, state: TxnState, key: bytes) -> bytes | None:
+        self.reads.append(key)
+        return self._inner.read(state, key)
+
+    def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
+             ) -> Iterator[tuple[bytes, bytes]]:
+        return self._inner.scan(state, lo, hi, reverse)
+
+    def commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
+               ) -> int | None:
+        return self._inner.commit(state, ops, nbytes)
+
+    def rollback(self, state: TxnState) -> None:
+        self._inner.rollback(state)
+
+
+def test_transaction_multi_get_without_read_many_reads_each_key_once(db: engine.Engine) -> None:
+    """A backend with only ``read`` (the replicated leader's) serves multi_get key by key."""
+    db.put(b"a", b"1")
+    tx = db.begin()
+    backend = _ReadOnlyPointBackend(db._transactions)
+    tx._backend = backend
+    tx.put(b"b", b"2")
+    assert tx.multi_get([b"a", b"b", b"a", b"c"]) == [b"1", b"2", b"1", None]
+    assert backend.reads == [b"a", b"c"]
+    tx.rollback()
