@@ -29,6 +29,7 @@ __all__ = [
     "decode_ops",
     "encode_ops",
     "prefix_bounds",
+    "scan_bounds",
 ]
 
 _OP = struct.Struct("<BII")
@@ -92,6 +93,27 @@ def prefix_bounds(prefix: bytes) -> tuple[bytes, bytes | None]:
     if not stripped:
         return prefix, None
     return prefix, stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def scan_bounds(start: object, end: object, prefix: object, options: Options
+                ) -> tuple[bytes | None, bytes | None]:
+    """The checked ``[lo, hi)`` of a scan given by ``start``/``end`` or by ``prefix``.
+
+    Mixing ``prefix`` with ``start`` or ``end`` is ambiguous and raises
+    InvalidArgument; a prefix that is not bytes-like is a TypeError naming
+    ``prefix``. See :func:`prefix_bounds` for the prefix's range.
+    """
+    if prefix is not None:
+        if start is not None or end is not None:
+            raise InvalidArgument("scan: give either prefix or start/end, not both")
+        p = _as_bytes(prefix, "prefix")
+        if len(p) > options.max_key_bytes:
+            raise InvalidArgument(
+                f"prefix of {len(p)} bytes exceeds max_key_bytes={options.max_key_bytes}")
+        return prefix_bounds(p)
+    lo = None if start is None else check_key(start, options)
+    hi = None if end is None else check_key(end, options)
+    return lo, hi
 
 
 def check_value(value: object, options: Options) -> bytes:

@@ -51,7 +51,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from engine import compaction
-from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_value
+from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_value, scan_bounds
 from engine.block import Block
 from engine.bloom import key_hash
 from engine.cache import LRUCache
@@ -216,9 +216,12 @@ class Snapshot:
         return self._engine._get_many_at(ks, self.sequence)
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
+        """The snapshot's pairs in ``[start, end)`` or with ``prefix`` (see :meth:`Engine.scan`)."""
+        lo, hi = scan_bounds(start, end, prefix, self._engine.options)
         self._check()
-        return self._engine._scan_at(start, end, reverse, self.sequence)
+        return self._engine._scan_at(lo, hi, reverse, self.sequence)
 
     def release(self) -> None:
         if not self._released:
@@ -737,14 +740,20 @@ class Engine:
         return [found.get(k) for k in keys]
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs with ``start <= key < end`` in key order (descending if reverse).
 
-        The iterator reads a consistent view as of the call, whatever is
-        written meanwhile.
+        ``prefix=p`` instead scans the keys that start with ``p``: the range
+        ``[p, successor(p))``, where the successor drops trailing 0xff bytes
+        and increments the last byte (a prefix of only 0xff bytes has no
+        upper bound). Giving ``prefix`` with ``start`` or ``end`` raises
+        InvalidArgument. The iterator reads a consistent view as of the
+        call, whatever is written meanwhile.
         """
+        lo, hi = scan_bounds(start, end, prefix, self.options)
         self._check_open()
-        return self._scan_at(start, end, reverse, self._visible_seq)
+        return self._scan_at(lo, hi, reverse, self._visible_seq)
 
     def _scan_at(self, start: Buffer | None, end: Buffer | None, reverse: bool, seq: int
                  ) -> Iterator[tuple[bytes, bytes]]:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import NoReturn, Protocol, runtime_checkable
 
-from engine.batch import Buffer, WriteBatch, check_key, check_keys
+from engine.batch import Buffer, WriteBatch, check_key, check_keys, scan_bounds
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
 from engine.options import Options
 from engine.ssi import TxnState
@@ -129,16 +129,17 @@ class Transaction:
         return [writes[k] if k in writes else got[k] for k in ks]
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
         """``[start, end)`` at the snapshot merged with own writes; the range counts as read.
 
         Registering the whole range (not only the keys found) is what makes a
-        concurrent insert into it -- a phantom -- a conflict.
+        concurrent insert into it -- a phantom -- a conflict. ``prefix=p``
+        scans ``[p, successor(p))`` (see :meth:`engine.Engine.scan`), and that
+        whole range is what counts as read.
         """
         self._check()
-        opts = self._backend.options
-        lo = None if start is None else check_key(start, opts)
-        hi = None if end is None else check_key(end, opts)
+        lo, hi = scan_bounds(start, end, prefix, self._backend.options)
         try:
             base = self._backend.scan(self._state, lo, hi, reverse)
         except SerializationFailure as exc:

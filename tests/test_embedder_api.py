@@ -202,3 +202,84 @@ def test_transaction_multi_get_without_read_many_reads_each_key_once(db: engine.
     assert tx.multi_get([b"a", b"b", b"a", b"c"]) == [b"1", b"2", b"1", None]
     assert backend.reads == [b"a", b"c"]
     tx.rollback()
+
+
+# ---------------------------------------------------------------------- prefix scans
+
+PREFIX_KEYS = [b"", b"a", b"a/", b"a/1", b"a/2\xff", b"a0", b"a\xff", b"b", b"\xfe\xff",
+               b"\xff", b"\xff\x00", b"\xff\xff", b"\xff\xff\x01", b"\xff\xff\xff"]
+
+
+@pytest.mark.parametrize("prefix", [b"", b"a", b"a/", b"a/2", b"a\xff", b"\xfe", b"\xff",
+                                    b"\xff\xff", b"\xff\xff\xff", b"zz"])
+def test_prefix_scan_returns_exactly_the_keys_with_the_prefix(
+        fs_path: tuple[FileSystem, str], prefix: bytes) -> None:
+    """Forward and reverse, from memtables and tables, all-0xff prefixes included."""
+    fs, path = fs_path
+    with engine.open(path, fs=fs, **SMALL) as db:
+        for i, k in enumerate(PREFIX_KEYS):
+            db.put(k, b"%d" % i)
+            if i == len(PREFIX_KEYS) // 2:
+                db.flush()
+        want = [(k, b"%d" % i) for i, k in enumerate(PREFIX_KEYS) if k.startswith(prefix)]
+        want.sort()
+        assert list(db.scan(prefix=prefix)) == want
+        assert list(db.scan(prefix=bytearray(prefix), reverse=True)) == want[::-1]
+        with db.snapshot() as snap:
+            if want:
+                db.delete(want[0][0])
+            assert list(snap.scan(prefix=prefix)) == want
+        with db.transaction() as tx:
+            tx.put(prefix + b"\x00new", b"own")
+            got = list(tx.scan(prefix=prefix))
+            assert got == sorted([*want[1:], (prefix + b"\x00new", b"own")])
+
+
+def test_prefix_bounds() -> None:
+    from engine.batch import prefix_bounds
+    assert prefix_bounds(b"a/") == (b"a/", b"a0")
+    assert prefix_bounds(b"a\xff\xff") == (b"a\xff\xff", b"b")
+    assert prefix_bounds(b"\x00") == (b"\x00", b"\x01")
+    assert prefix_bounds(b"\xff\xff") == (b"\xff\xff", None)
+    assert prefix_bounds(b"") == (b"", None)
+
+
+def test_prefix_with_start_or_end_is_invalid(db: engine.Engine) -> None:
+    """Ambiguous bounds are refused on engine, snapshot and transaction; a bad type names prefix."""
+    with db.snapshot() as snap, db.transaction() as tx:
+        for scan in (db.scan, snap.scan, tx.scan):
+            with pytest.raises(engine.InvalidArgument, match="prefix"):
+                scan(b"a", prefix=b"a")
+            with pytest.raises(engine.InvalidArgument, match="prefix"):
+                scan(end=b"b", prefix=b"a")
+            with pytest.raises(TypeError, match="prefix must be bytes-like"):
+                scan(prefix="a")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("p1", "p2"), [(b"a/", b"b/"), (b"\xff", b"a/")])
+def test_prefix_scans_count_as_read_phantoms_conflict(txn_db: engine.Engine, p1: bytes,
+                                                      p2: bytes) -> None:
+    """Write skew through phantoms: each scans a prefix, then inserts into the other's."""
+    db = txn_db
+    t1, t2 = db.begin(), db.begin()
+    assert list(t1.scan(prefix=p1)) == []
+    assert list(t2.scan(prefix=p2)) == []
+    t1.put(p2 + b"x", b"1")
+    t2.put(p1 + b"y", b"1")
+    t1.commit()
+    with pytest.raises(engine.SerializationFailure) as info:
+        t2.commit()
+    assert info.value.reason in ("dangerous_structure", "stale_read")
+
+
+def test_insert_at_the_prefix_successor_is_no_phantom(txn_db: engine.Engine) -> None:
+    """``a0`` is outside prefix ``a/`` (its exclusive bound): no conflict, both commit."""
+    db = txn_db
+    t1, t2 = db.begin(), db.begin()
+    list(t1.scan(prefix=b"a/"))
+    list(t2.scan(prefix=b"b/"))
+    t1.put(b"b0", b"1")
+    t2.put(b"a0", b"1")
+    t1.commit()
+    t2.commit()
+    assert db.multi_get([b"a0", b"b0"]) == [b"1", b"1"]

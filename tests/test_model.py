@@ -3,7 +3,7 @@
 Every run draws its own Options (tiny memtables, blocks, files and level
 targets; lz4 or not; bloom or not; sync or not), so flushes and compactions
 run constantly in the background while the rules put, delete, batch, read
-(get, multi_get), scan, take and read snapshots, flush, compact, close and
+(get, multi_get), scan (ranges and prefixes), take and read snapshots, flush, compact, close and
 reopen, and crash.
 
 Crashes use MemFS clones while the background threads are running, so a
@@ -49,6 +49,8 @@ key_st = st.sampled_from(KEYS)
 small_value_st = st.binary(max_size=24)
 value_st = st.one_of(small_value_st, st.binary(min_size=200, max_size=700))
 bound_st = st.one_of(st.none(), key_st, st.binary(max_size=3))
+prefix_st = st.one_of(st.sampled_from([b"", b"a", b"k", b"k0", b"k1", b"\xff", b"\xff\xff"]),
+                      st.binary(max_size=2))
 
 options_st = st.fixed_dictionaries({
     "memtable_bytes": st.integers(4096, 65536),
@@ -184,6 +186,14 @@ class EngineMachine(RuleBasedStateMachine):
             want.reverse()
         assert list(self.db.scan(lo, hi, reverse=reverse)) == want
 
+    @rule(prefix=prefix_st, reverse=st.booleans())
+    def scan_prefix(self, prefix: bytes, reverse: bool) -> None:
+        assert self.db is not None
+        want = sorted((k, v) for k, v in self.model.items() if k.startswith(prefix))
+        if reverse:
+            want.reverse()
+        assert list(self.db.scan(prefix=prefix, reverse=reverse)) == want
+
     # -- snapshots -----------------------------------------------------------
 
     @rule()
@@ -194,13 +204,17 @@ class EngineMachine(RuleBasedStateMachine):
         self.snapshots.append((snap, self.seq))
 
     @precondition(lambda self: self.snapshots)
-    @rule(i=st.integers(0, 100), lo=bound_st, hi=bound_st, reverse=st.booleans())
-    def read_snapshot(self, i: int, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
+    @rule(i=st.integers(0, 100), lo=bound_st, hi=bound_st, reverse=st.booleans(),
+          prefix=prefix_st)
+    def read_snapshot(self, i: int, lo: bytes | None, hi: bytes | None, reverse: bool,
+                      prefix: bytes) -> None:
         snap, seq = self.snapshots[i % len(self.snapshots)]
         old = self.history[seq]
         for k in KEYS:
             assert snap.get(k) == old.get(k), (k, seq)
         assert snap.multi_get(KEYS[::-1]) == [old.get(k) for k in KEYS[::-1]]
+        assert list(snap.scan(prefix=prefix)) == sorted(
+            (k, v) for k, v in old.items() if k.startswith(prefix))
         want = sorted((k, v) for k, v in old.items() if in_range(k, lo, hi))
         if reverse:
             want.reverse()
