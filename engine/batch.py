@@ -25,6 +25,7 @@ __all__ = [
     "WriteBatch",
     "check_key",
     "check_keys",
+    "check_sync",
     "check_value",
     "decode_ops",
     "encode_ops",
@@ -79,6 +80,13 @@ def check_keys(keys: object, options: Options) -> list[bytes]:
         if len(k) > limit:
             raise InvalidArgument(f"keys[{i}] of {len(k)} bytes exceeds max_key_bytes={limit}")
     return items
+
+
+def check_sync(sync: object) -> bool | None:
+    """Return a per-write ``sync=`` argument (True, False or None for the store's default)."""
+    if sync is not None and type(sync) is not bool:
+        raise TypeError(f"sync must be True, False or None, got {type(sync).__name__}")
+    return sync
 
 
 def prefix_bounds(prefix: bytes) -> tuple[bytes, bytes | None]:

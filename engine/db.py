@@ -31,7 +31,11 @@ Invariants:
 1. Sequences are allocated in queue order, under ``_mutex``; WAL order,
    memtable order and visibility order equal allocation order.
 2. A write is acknowledged only after its WAL record was written (and synced
-   with ``sync="always"``).
+   if it asked for it: ``sync=True``, or the default ``sync="always"``). A
+   group holding any such write is synced as a whole; before a synced
+   group, closed WAL segments still holding unsynced records
+   (``_unsynced_wals``) are synced first, so a durable write always has a
+   durable past (``_synced_seq`` is the last durable sequence).
 3. A WAL segment is deleted only after the manifest durably records a table
    holding all of its batches (``log_number`` moved past it).
 4. A table file is deleted only after the manifest no longer references it;
@@ -51,7 +55,15 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from engine import compaction
-from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_value, scan_bounds
+from engine.batch import (
+    Buffer,
+    WriteBatch,
+    check_key,
+    check_keys,
+    check_sync,
+    check_value,
+    scan_bounds,
+)
 from engine.block import Block
 from engine.bloom import key_hash
 from engine.cache import LRUCache
@@ -93,13 +105,14 @@ Ops = dict[bytes, bytes | None]
 class _Writer:
     """A queued write: one or more (sequence, ops) batches, and the certifier states to settle."""
 
-    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states")
+    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states", "sync")
 
     def __init__(self, batches: list[tuple[int, Ops]], nbytes: int,
-                 cv: threading.Condition) -> None:
+                 cv: threading.Condition, sync: bool) -> None:
         self.batches = batches
         self.nbytes = nbytes
         self.cv = cv
+        self.sync = sync  # the group that writes this one must fsync
         self.states: list[TxnState] = []
         self.registered = False  # recorded with the certifier (as a transaction or blind write)
         self.done = False
@@ -167,10 +180,16 @@ class _LocalTransactions:
 
     def commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
                ) -> int | None:
+        return self.commit_sync(state, ops, nbytes, None)
+
+    def commit_sync(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int,
+                    sync: bool | None) -> int | None:
+        """:meth:`commit` with a per-commit ``sync=`` (None: the store's default)."""
         e = self._engine
         try:
             if ops:
-                return e._write(ops, nbytes, txn=state)
+                durable = e._default_sync if sync is None else e._sync_arg(sync)
+                return e._write(ops, nbytes, txn=state, sync=durable)
             with e._mutex:
                 e._certifier.certify(state, (), None, time.monotonic())
                 e._certifier.committed(state)
@@ -242,11 +261,12 @@ class Snapshot:
 class BatchContext(WriteBatch):
     """``with db.batch() as b:`` -- a WriteBatch written atomically on clean exit."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_sync")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sync: bool | None = None) -> None:
         super().__init__(engine.options)
         self._engine = engine
+        self._sync = sync
 
     def __enter__(self) -> BatchContext:
         return self
@@ -254,7 +274,7 @@ class BatchContext(WriteBatch):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc_type is None:
-            self._engine.write(self)
+            self._engine.write(self, sync=self._sync)
 
 
 class Engine:
@@ -282,6 +302,11 @@ class Engine:
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._default_sync = self.options.sync == "always"
+        # Closed WAL segments holding records written without a sync: a synced
+        # write syncs them first, so that it never survives a crash that
+        # loses an earlier write (a durable write implies a durable prefix).
+        self._unsynced_wals: list[tuple[int, str]] = []
         self._transactions = _LocalTransactions(self)
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
@@ -326,11 +351,15 @@ class Engine:
                       if kind is FileKind.WAL and num >= state.log_number)
         edit_added: list[tuple[int, FileMeta]] = []
         mem = MemTable(0)
-        for i, number in enumerate(wals):
-            wal_path = fs.join(path, file_name(FileKind.WAL, number))
-            batches, scan = replay(fs, wal_path)
+        replayed = [(p, *replay(fs, p))
+                    for p in (fs.join(path, file_name(FileKind.WAL, n)) for n in wals)]
+        for i, (wal_path, batches, scan) in enumerate(replayed):
             if scan.torn is not None:
-                if i != len(wals) - 1:
+                # A torn tail is expected only in the newest segment -- or in an
+                # older one whose unsynced records (sync=False) a power cut tore
+                # before anything reached the segments after it: a synced write
+                # there would have synced this segment first.
+                if any(later for _, later, _ in replayed[i + 1:]):
                     raise CorruptionError(wal_path, scan.valid_end,
                                           f"{scan.torn} in a WAL segment that is not the newest")
                 log.warning("%s: cutting torn tail at offset %d (%s)", wal_path,
@@ -353,6 +382,7 @@ class Engine:
             version = version.apply(VersionEdit(added=tuple(edit_added)))
         self._last_seq = self._visible_seq = last_seq
         self._manifest_last_seq = last_seq
+        self._synced_seq = last_seq  # every write up to here is on stable storage
         log_number = self._log_number = self._take_file_number()
         self._wal = LogFile(fs, path, FileKind.WAL, log_number) if opts.wal else None
         self._manifest = Manifest(fs, path)
@@ -408,28 +438,62 @@ class Engine:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: Buffer, value: Buffer) -> None:
-        """Set ``key`` to ``value``; durable when it returns (per ``Options.sync``)."""
+    def put(self, key: Buffer, value: Buffer, *, sync: bool | None = None) -> None:
+        """Set ``key`` to ``value``; durable when it returns (per ``Options.sync``).
+
+        ``sync=True`` makes this write durable (fdatasync) before returning
+        whatever the store's default, and with it every write acknowledged
+        before it; ``sync=False`` only hands it to the OS (it survives
+        ``kill -9``, maybe not a power cut). None: the store's ``sync`` option.
+        """
         k = check_key(key, self.options)
         v = check_value(value, self.options)
-        self._write({k: v}, len(k) + len(v))
+        self._write({k: v}, len(k) + len(v),
+                    sync=self._default_sync if sync is None else self._sync_arg(sync))
 
-    def delete(self, key: Buffer) -> None:
-        """Remove ``key`` (a no-op if absent); durable when it returns."""
+    def delete(self, key: Buffer, *, sync: bool | None = None) -> None:
+        """Remove ``key`` (a no-op if absent); durable when it returns (``sync=`` as in put)."""
         k = check_key(key, self.options)
-        self._write({k: None}, len(k))
+        self._write({k: None}, len(k),
+                    sync=self._default_sync if sync is None else self._sync_arg(sync))
 
-    def batch(self) -> BatchContext:
-        """A batch to fill inside ``with``; written atomically when the block exits cleanly."""
+    def batch(self, *, sync: bool | None = None) -> BatchContext:
+        """A batch to fill inside ``with``; written atomically when the block exits cleanly.
+
+        ``sync=`` overrides the store's default for this batch (see :meth:`put`).
+        """
+        if sync is not None:
+            self._sync_arg(sync)
         self._check_open()
-        return BatchContext(self)
+        return BatchContext(self, sync)
 
-    def write(self, batch: WriteBatch) -> None:
-        """Apply every operation of ``batch`` atomically."""
+    def write(self, batch: WriteBatch, *, sync: bool | None = None) -> None:
+        """Apply every operation of ``batch`` atomically (``sync=`` as in :meth:`put`)."""
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+        durable = self._default_sync if sync is None else self._sync_arg(sync)
         if batch.ops:
-            self._write(dict(batch.ops), batch.byte_size)
+            self._write(dict(batch.ops), batch.byte_size, sync=durable)
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (one fdatasync of the WAL).
+
+        Goes through the writer queue like a write, so it also covers the
+        writes queued ahead of it, and it syncs older WAL segments that
+        still hold unsynced records. With ``wal=False`` it flushes the
+        memtables to tables instead.
+        """
+        if self._wal is None:
+            self.flush()
+            return
+        self._enqueue([], 0, None, sync=True)
+
+    def _sync_arg(self, sync: object) -> bool:
+        """Check an explicit ``sync=`` argument (True or False) for this engine."""
+        if check_sync(sync) and self._wal is None:
+            raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
+                                  "wal=False (its durability comes from elsewhere)")
+        return bool(sync)
 
     def apply(self, batch: WriteBatch, sequence: int) -> bool:
         """Apply ``batch`` at ``sequence`` chosen by the caller (a replication log index).
@@ -459,20 +523,23 @@ class Engine:
                 raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
             items.append((sequence, dict(batch.ops)))
             nbytes += batch.byte_size
-        return self._enqueue(items, nbytes, None)
+        return self._enqueue(items, nbytes, None, sync=self._default_sync)
 
-    def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None) -> int:
+    def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None,
+               sync: bool) -> int:
         """Write ``ops`` as one batch at the next sequence; return that sequence."""
-        return self._enqueue([(None, ops)], nbytes, txn)
+        return self._enqueue([(None, ops)], nbytes, txn, sync=sync)
 
     def _enqueue(self, items: list[tuple[int | None, Ops]], nbytes: int,
-                 txn: TxnState | None) -> int:
+                 txn: TxnState | None, *, sync: bool) -> int:
         """Queue batches (None: next sequence), group-commit, return the last sequence or 0.
 
         With ``txn`` (one item), the transaction is certified in the same
-        critical section that allocates its sequence.
+        critical section that allocates its sequence. With ``sync`` the group
+        that writes these batches fsyncs. No items at all is a sync barrier
+        (:meth:`sync`): it joins a group like a write and makes it sync.
         """
-        w = _Writer([], nbytes, threading.Condition(self._mutex))
+        w = _Writer([], nbytes, threading.Condition(self._mutex), sync)
         with self._mutex:
             self._check_writable()
             now = time.monotonic()
@@ -490,7 +557,7 @@ class Engine:
                     w.registered = True
                 w.batches.append((seq, ops))
                 last = seq
-            if not w.batches:
+            if not w.batches and items:
                 return 0
             self._last_seq = last
             self._writers.append(w)
@@ -507,6 +574,7 @@ class Engine:
                 raise
             group = [w]
             size = w.nbytes
+            sync = w.sync
             for other in self._writers:
                 if other is w:
                     continue
@@ -514,12 +582,22 @@ class Engine:
                     break
                 group.append(other)
                 size += other.nbytes
+                sync = sync or other.sync  # one synced member makes the whole group sync
             mem, wal = self._sv.mem, self._wal
+            older: list[tuple[int, str]] = []
+            if sync and self._unsynced_wals:
+                older, self._unsynced_wals = self._unsynced_wals, []
+            synced_to = self._visible_seq
         error: EngineError | None = None
         batches = [b for x in group for b in x.batches]
         try:
             if wal is not None:
-                wal.append(encode_group(batches), sync=self.options.sync == "always")
+                if older:
+                    self._sync_segments(older)
+                if batches:
+                    wal.append(encode_group(batches), sync=sync)
+                elif sync:
+                    wal.sync()
         except OSError as exc:
             error = StorageError(f"writing {wal.path if wal else 'WAL'} failed: {exc}")
         else:
@@ -531,15 +609,35 @@ class Engine:
                 self._bg_error = error
                 self._visible_cv.notify_all()
             else:
-                self._visible_seq = batches[-1][0]
-                self._visible_cv.notify_all()
-                self._stats["writes"] += len(batches)
-                self._stats["write_groups"] += 1
-                self._stats["user_bytes_written"] += size
+                if batches:
+                    self._visible_seq = batches[-1][0]
+                    self._visible_cv.notify_all()
+                    self._stats["writes"] += len(batches)
+                    self._stats["write_groups"] += 1
+                    self._stats["user_bytes_written"] += size
+                if sync and wal is not None:
+                    self._synced_seq = max(self._synced_seq, self._visible_seq
+                                           if batches else synced_to)
+                    self._stats["wal_syncs"] += 1
             self._finish_group(group, error)
         if error is not None:
             raise error
         return last
+
+    def _sync_segments(self, segments: list[tuple[int, str]]) -> None:
+        """Sync closed WAL segments that hold unsynced records. Group leader, no mutex.
+
+        A segment already deleted was flushed into a synced table: nothing to do.
+        """
+        for _, seg_path in segments:
+            try:
+                f = self._fs.open_append(seg_path)
+            except FileNotFoundError:
+                continue
+            try:
+                f.sync()
+            finally:
+                f.close()
 
     def _finish_group(self, group: list[_Writer], error: BaseException | None) -> None:
         """Mark ``group`` (the head of the queue) done and wake its members. Holds _mutex."""
@@ -605,6 +703,8 @@ class Engine:
                 old.close()
             except OSError as exc:
                 log.warning("%s: closing %s: %s", self.path, old.path, exc)
+            if old.unsynced:
+                self._unsynced_wals.append((old.number, old.path))
         sv = self._sv
         self._sv = _SuperVersion(MemTable(number), (sv.mem, *sv.imms), sv.version, self._tables)
         self._bg_cv.notify_all()
@@ -802,22 +902,27 @@ class Engine:
     def persisted_sequence(self) -> int:
         """Every write up to this sequence survives a power failure.
 
-        With ``sync="always"`` that is every acknowledged write; with
-        ``sync="none"`` or ``wal=False`` only what flushes have put into
-        synced tables. A replica may forget log entries up to here, not beyond.
+        With ``sync="always"`` that is every acknowledged write (unless some
+        were written with ``sync=False``); with ``sync="none"`` it is the last
+        synced write (``sync=True``, :meth:`sync`) or what flushes have put
+        into synced tables; with ``wal=False`` only the latter. A replica may
+        forget log entries up to here, not beyond.
         """
-        if self.options.sync == "always" and self.options.wal:
-            return self._visible_seq
+        if self.options.wal:
+            return max(self._synced_seq, self._manifest_last_seq)
         return self._manifest_last_seq
 
     # ------------------------------------------------------------------ transactions
 
-    def begin(self, *, read_only: bool = False) -> Transaction:
+    def begin(self, *, read_only: bool = False, sync: bool | None = None) -> Transaction:
         """Start a transaction reading the current state (see :class:`engine.txn.Transaction`).
 
         ``read_only=True`` forbids writes and lets the certifier use the
-        read-only refinement, which aborts fewer transactions.
+        read-only refinement, which aborts fewer transactions. ``sync=``
+        overrides the store's durability for its commit (see :meth:`put`).
         """
+        if sync is not None:
+            self._sync_arg(sync)
         with self._mutex:
             self._check_writable() if not read_only else self._check_open()
             # Commits already certified are waiting only for their WAL write:
@@ -839,11 +944,14 @@ class Engine:
                                      for s, ops in w.batches if s > seq and ops]
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
-        return Transaction(self._transactions, state)
+        return Transaction(self._transactions, state, sync=sync)
 
-    def transaction(self, *, read_only: bool = False) -> Transaction:
-        """A transaction as a context manager: commits on clean exit, rolls back otherwise."""
-        return self.begin(read_only=read_only)
+    def transaction(self, *, read_only: bool = False, sync: bool | None = None) -> Transaction:
+        """A transaction as a context manager: commits on clean exit, rolls back otherwise.
+
+        ``sync=`` overrides the store's durability for the commit (see :meth:`put`).
+        """
+        return self.begin(read_only=read_only, sync=sync)
 
     def run_transaction(self, fn: Callable[[Transaction], T], *, max_retries: int = 10,
                         backoff_base: float = 0.001, backoff_max: float = 0.1,
@@ -914,6 +1022,8 @@ class Engine:
                 self._sv = _SuperVersion(sv.mem, sv.imms[:-1], sv.version.apply(edit),
                                          self._tables)
                 self._bg_cv.notify_all()
+        with self._mutex:  # segments about to be deleted need no sync any more
+            self._unsynced_wals = [s for s in self._unsynced_wals if s[0] >= log_number]
         for name in self._fs.listdir(self.path):
             parsed = parse_file_name(name)
             if parsed is not None and parsed[0] is FileKind.WAL and parsed[1] < log_number:
@@ -1177,6 +1287,8 @@ class Engine:
         self._compact_thread.join()
         try:
             if self._wal is not None:
+                self._sync_segments(self._unsynced_wals)
+                self._unsynced_wals = []
                 self._wal.sync()
                 self._wal.close()
         except OSError as exc:

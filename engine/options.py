@@ -32,6 +32,11 @@ class Options:
       call returns but not synced; survives ``kill -9`` of the process, may
       lose the most recent writes on power loss or a kernel crash. Meant for
       bulk loads and for replicas whose durability comes from a consensus log.
+
+    This is only the default: ``put``/``delete``/``batch``/``commit`` take
+    ``sync=True|False`` for one write, and ``Engine.sync()`` makes every
+    write so far durable. A synced write makes every earlier write durable
+    too (the log is synced in order, older segments first).
     """
 
     sync: Literal["always", "none"] = "always"

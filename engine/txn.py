@@ -16,12 +16,12 @@ from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import NoReturn, Protocol, runtime_checkable
 
-from engine.batch import Buffer, WriteBatch, check_key, check_keys, scan_bounds
+from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_sync, scan_bounds
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
 from engine.options import Options
 from engine.ssi import TxnState
 
-__all__ = ["BatchReadBackend", "Transaction", "TransactionBackend"]
+__all__ = ["BatchReadBackend", "SyncingBackend", "Transaction", "TransactionBackend"]
 
 
 class TransactionBackend(Protocol):
@@ -60,14 +60,30 @@ class BatchReadBackend(Protocol):
     def read_many(self, state: TxnState, keys: list[bytes]) -> list[bytes | None]: ...
 
 
+@runtime_checkable
+class SyncingBackend(Protocol):
+    """A backend whose commits can override the store's durability (optional; the engine's).
+
+    ``commit_sync`` is ``commit`` with ``sync``: True makes the commit
+    durable before it returns, False only hands it to the OS, None keeps
+    the store's default. A replicated store's durability is its consensus
+    log, so its backend has no such method and refuses ``sync=``.
+    """
+
+    def commit_sync(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int,
+                    sync: bool | None) -> int | None: ...
+
+
 class Transaction:
     """One serializable transaction (``isolation="ssi"``) or OCC one (``"occ"``)."""
 
-    __slots__ = ("_backend", "_batch", "_done", "_state", "_writes", "sequence")
+    __slots__ = ("_backend", "_batch", "_done", "_state", "_sync", "_writes", "sequence")
 
-    def __init__(self, backend: TransactionBackend, state: TxnState) -> None:
+    def __init__(self, backend: TransactionBackend, state: TxnState, *,
+                 sync: bool | None = None) -> None:
         self._backend = backend
         self._state = state
+        self._sync = check_sync(sync)  # commit's default durability (None: the store's)
         self._batch = WriteBatch(backend.options)  # checks sizes, keeps the last write per key
         self._writes = self._batch.ops
         self._done = False
@@ -162,12 +178,26 @@ class Transaction:
             raise InvalidArgument("delete in a read-only transaction")
         self._batch.delete(key)
 
-    def commit(self) -> None:
-        """Certify and write; raises SerializationFailure (retryable) if it cannot commit."""
+    def commit(self, *, sync: bool | None = None) -> None:
+        """Certify and write; raises SerializationFailure (retryable) if it cannot commit.
+
+        ``sync=True`` makes the commit (and every write before it) durable
+        before returning whatever the store's default; ``sync=False`` only
+        hands it to the OS. None: the transaction's ``sync`` (from
+        ``db.transaction(sync=...)``), else the store's ``sync`` option.
+        """
         self._check()
+        durable = self._sync if sync is None else check_sync(sync)
+        backend = self._backend
+        if durable is not None and not isinstance(backend, SyncingBackend):
+            raise InvalidArgument("this store's transactions take no sync=: their "
+                                  "durability comes from the replication log")
         self._done = True
-        self.sequence = self._backend.commit(self._state, self._writes,
-                                                 self._batch.byte_size)
+        if isinstance(backend, SyncingBackend):
+            self.sequence = backend.commit_sync(self._state, self._writes,
+                                                self._batch.byte_size, durable)
+        else:
+            self.sequence = backend.commit(self._state, self._writes, self._batch.byte_size)
 
     def rollback(self) -> None:
         """Discard the transaction. A no-op once it has ended."""

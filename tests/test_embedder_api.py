@@ -283,3 +283,187 @@ def test_insert_at_the_prefix_successor_is_no_phantom(txn_db: engine.Engine) -> 
     t1.commit()
     t2.commit()
     assert db.multi_get([b"a0", b"b0"]) == [b"1", b"1"]
+
+
+# ---------------------------------------------------------------------- per-write durability
+
+
+def _after_power_cut(fs: MemFS) -> engine.Engine:
+    """The store as a power failure now would leave it (only synced bytes survive)."""
+    return engine.open("/db", fs=fs.crash_clone())
+
+
+@pytest.mark.parametrize("default", ["always", "none"])
+def test_unsynced_writes_may_be_lost_synced_ones_and_their_past_never(default: str) -> None:
+    """sync=False writes are lost by a power cut; a sync=True write brings its past with it."""
+    fs = MemFS()
+    db = engine.open("/db", fs=fs, sync=default)
+    db.put(b"base", b"1", sync=True)
+    db.put(b"loose", b"1", sync=False)
+    db.delete(b"base", sync=False)
+    with db.batch(sync=False) as b:
+        b.put(b"loose-batch", b"1")
+    with db.transaction(sync=False) as tx:
+        tx.put(b"loose-txn", b"1")
+    with _after_power_cut(fs) as crashed:  # the MemFS clone drops every unsynced byte
+        assert crashed.multi_get([b"base", b"loose", b"loose-batch", b"loose-txn"]) == [
+            b"1", None, None, None]
+    tx = db.begin()
+    tx.put(b"synced-txn", b"1")
+    tx.commit(sync=True)  # makes everything before it durable too
+    with _after_power_cut(fs) as crashed:
+        assert crashed.multi_get([b"base", b"loose", b"loose-batch", b"loose-txn",
+                                  b"synced-txn"]) == [None, b"1", b"1", b"1", b"1"]
+    db.put(b"after", b"1", sync=False)
+    with db.batch(sync=True) as b:
+        b.put(b"synced-batch", b"1")
+    db.delete(b"loose", sync=True)
+    with _after_power_cut(fs) as crashed:
+        assert crashed.multi_get([b"after", b"synced-batch", b"loose"]) == [b"1", b"1", None]
+    db.close()
+
+
+def test_default_sync_none_loses_unsynced_writes_until_db_sync() -> None:
+    fs = MemFS()
+    db = engine.open("/db", fs=fs, sync="none")
+    for i in range(20):
+        db.put(b"k%02d" % i, b"v")
+    assert db.persisted_sequence == 0
+    with _after_power_cut(fs) as crashed:
+        assert crashed.last_sequence == 0
+    db.sync()
+    assert db.persisted_sequence == db.last_sequence == 20
+    with _after_power_cut(fs) as crashed:
+        assert crashed.last_sequence == 20
+        assert len(list(crashed.scan())) == 20
+    db.close()
+
+
+def test_a_synced_write_syncs_older_wal_segments_first() -> None:
+    """Unsynced writes in a WAL segment left behind by a memtable switch are synced too.
+
+    Without that, a power cut keeps the synced write (in the new segment) and
+    loses earlier ones (in the old segment): a durable write without its past.
+    """
+    fs = MemFS()
+    db = engine.open("/db", fs=fs, sync="none", memtable_bytes=4096)
+    gate = threading.Event()
+
+    def hold_flushes(op: str, path: str) -> None:
+        if op == "create" and path.endswith(".sst"):
+            gate.wait(timeout=30)
+
+    fs.set_fault(hold_flushes)
+    try:
+        i = 0
+        while db.stats()["immutable_memtables"] < 1:  # a switch; its flush held back
+            db.put(b"key%04d" % i, bytes(60))
+            i += 1
+        db.put(b"last", b"1", sync=True)
+        crashed = fs.crash_clone()
+    finally:
+        gate.set()
+        fs.set_fault(None)
+        db.close()
+    with engine.open("/db", fs=crashed) as again:
+        keys = [b"key%04d" % j for j in range(i)]
+        assert None not in again.multi_get(keys), "an unsynced write before a synced one was lost"
+        assert again.get(b"last") == b"1"
+
+
+def test_a_group_with_one_synced_write_syncs() -> None:
+    """A sync=False leader writing a group that holds a sync=True write must fsync.
+
+    The first writer is held inside its WAL write until an unsynced and a
+    synced writer are queued behind it; the unsynced one then leads a group
+    of both.
+    """
+    fs = MemFS()
+    db = engine.open("/db", fs=fs, sync="none")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_first_write(op: str, path: str) -> None:
+        if op == "write" and path.endswith(".log") and not held.is_set():
+            held.set()
+            release.wait(timeout=30)
+
+    fs.set_fault(hold_first_write)
+    threads = [threading.Thread(target=db.put, args=(b"first", b"1"))]
+    threads[0].start()
+    assert held.wait(timeout=30)
+    threads.append(threading.Thread(target=db.put, args=(b"loose", b"1")))
+    threads[1].start()
+    while len(db._writers) < 2:
+        threading.Event().wait(0.001)
+    threads.append(threading.Thread(target=db.put, args=(b"synced", b"1"),
+                                    kwargs={"sync": True}))
+    threads[2].start()
+    while len(db._writers) < 3:
+        threading.Event().wait(0.001)
+    release.set()
+    for t in threads:
+        t.join(timeout=30)
+    fs.set_fault(None)
+    assert db.stats()["write_groups"] == 2  # [first], [loose, synced]
+    with _after_power_cut(fs) as crashed:
+        assert crashed.multi_get([b"first", b"loose", b"synced"]) == [b"1", b"1", b"1"]
+    db.close()
+
+
+def test_sync_argument_is_checked_before_writing(db: engine.Engine) -> None:
+    for bad in ("yes", 1, "always"):
+        with pytest.raises(TypeError, match="sync must be True, False or None"):
+            db.put(b"k", b"v", sync=bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="sync"):
+            db.delete(b"k", sync=bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="sync"):
+            db.batch(sync=bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="sync"):
+            db.transaction(sync=bad)  # type: ignore[arg-type]
+        tx = db.begin()
+        tx.put(b"k", b"v")
+        with pytest.raises(TypeError, match="sync"):
+            tx.commit(sync=bad)  # type: ignore[arg-type]
+        tx.rollback()
+    assert db.last_sequence == 0 and db.get(b"k") is None
+    assert db.stats()["certifier"]["active"] == 0
+
+
+def test_sync_true_without_a_wal_is_invalid() -> None:
+    db = engine.open("/db", fs=MemFS(), wal=False)
+    with pytest.raises(engine.InvalidArgument, match="wal=False"):
+        db.put(b"k", b"v", sync=True)
+    db.put(b"k", b"v", sync=False)
+    db.sync()  # flushes instead
+    assert db.persisted_sequence == 1
+    db.close()
+
+
+def _torn_older_segment(later_record: bool) -> MemFS:
+    """A store whose older WAL segment ends in a torn record; the newer one has a record or not."""
+    fs = MemFS()
+    db = engine.open("/db", fs=fs, sync="none", memtable_bytes=1 << 20)
+    db.put(b"a", b"1", sync=True)
+    db.put(b"b", b"2" * 100)
+    with db._mutex:
+        db._switch_memtable()  # as a full memtable would; no flush runs before the crash
+    if later_record:
+        db.put(b"c", b"3")
+    crashed = fs.process_crash_clone()
+    db.simulate_crash()
+    db.close()
+    old = sorted(n for n in crashed.listdir("/db") if n.endswith(".log"))[0]
+    path = "/db/" + old
+    crashed.truncate(path, crashed.file_size(path) - 20)  # tear b's record
+    return crashed
+
+
+def test_torn_unsynced_tail_of_an_older_segment_is_cut_when_nothing_follows() -> None:
+    """sync=False writes then a memtable switch then a power cut: a torn tail, not corruption."""
+    with engine.open("/db", fs=_torn_older_segment(False)) as db:
+        assert db.multi_get([b"a", b"b"]) == [b"1", None]
+
+
+def test_torn_older_segment_followed_by_records_is_corruption() -> None:
+    with pytest.raises(engine.CorruptionError, match="not the newest"):
+        engine.open("/db", fs=_torn_older_segment(True))

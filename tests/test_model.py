@@ -12,10 +12,12 @@ clone may capture a flush or a compaction half done:
 * ``process_crash_clone`` keeps what a killed process leaves (everything
   handed to the OS): every acknowledged write must be there.
 * ``crash_clone`` keeps what a power failure leaves (synced bytes and synced
-  directory entries). With ``sync="always"`` every acknowledged write must be
-  there; with ``sync="none"`` the store must come back as exactly the state
-  after some acknowledged write no older than the last flush, compaction or
-  close -- a prefix of history, never a mix.
+  directory entries). Writes carry a random per-write ``sync=`` (None, True,
+  False) and ``db.sync()`` is a rule: the store must come back as exactly
+  the state after some acknowledged write no older than the last synced one
+  (a synced write, ``sync()``, flush, compaction or close) -- a prefix of
+  history, never a mix. With ``sync="always"`` and no ``sync=False`` write
+  since, that is every acknowledged write.
 
 Sequence numbers double as history indexes: the n-th acknowledged write gets
 sequence n, so ``history[db.last_sequence]`` is what the store must hold.
@@ -52,6 +54,7 @@ bound_st = st.one_of(st.none(), key_st, st.binary(max_size=3))
 prefix_st = st.one_of(st.sampled_from([b"", b"a", b"k", b"k0", b"k1", b"\xff", b"\xff\xff"]),
                       st.binary(max_size=2))
 
+sync_st = st.sampled_from([None, None, True, False])
 options_st = st.fixed_dictionaries({
     "memtable_bytes": st.integers(4096, 65536),
     "block_bytes": st.integers(64, 4096),
@@ -82,7 +85,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.opts: dict[str, Any] = {}
         self.model: dict[bytes, bytes] = {}
         self.history: list[dict[bytes, bytes]] = [{}]  # history[seq]: state after write seq
-        self.durable_seq = 0  # every write <= this is in synced tables (flush, compact, close)
+        # Every write <= this survives a power cut: synced writes (the default with
+        # sync="always", sync=True, db.sync()), flush, compact, close.
+        self.durable_seq = 0
         self.snapshots: list[tuple[engine.Snapshot, int]] = []
 
     # -- helpers -------------------------------------------------------------
@@ -91,13 +96,15 @@ class EngineMachine(RuleBasedStateMachine):
     def seq(self) -> int:
         return len(self.history) - 1
 
-    def _acknowledged(self, ops: dict[bytes, bytes | None]) -> None:
+    def _acknowledged(self, ops: dict[bytes, bytes | None], sync: bool | None = None) -> None:
         for k, v in ops.items():
             if v is None:
                 self.model.pop(k, None)
             else:
                 self.model[k] = v
         self.history.append(dict(self.model))
+        if sync or (sync is None and self.opts["sync"] == "always"):
+            self.durable_seq = self.seq  # a synced write makes its whole past durable
 
     def _open(self) -> None:
         self.db = engine.open(PATH, fs=self.fs, **self.opts)
@@ -127,29 +134,36 @@ class EngineMachine(RuleBasedStateMachine):
 
     # -- writes --------------------------------------------------------------
 
-    @rule(k=key_st, v=value_st)
-    def put(self, k: bytes, v: bytes) -> None:
+    @rule(k=key_st, v=value_st, sync=sync_st)
+    def put(self, k: bytes, v: bytes, sync: bool | None) -> None:
         assert self.db is not None
-        self.db.put(k, v)
-        self._acknowledged({k: v})
+        self.db.put(k, v, sync=sync)
+        self._acknowledged({k: v}, sync)
 
-    @rule(k=key_st)
-    def delete(self, k: bytes) -> None:
+    @rule(k=key_st, sync=sync_st)
+    def delete(self, k: bytes, sync: bool | None) -> None:
         assert self.db is not None
-        self.db.delete(k)
-        self._acknowledged({k: None})
+        self.db.delete(k, sync=sync)
+        self._acknowledged({k: None}, sync)
 
     @rule(ops=st.lists(st.tuples(key_st, st.one_of(st.none(), small_value_st)),
-                       min_size=1, max_size=8))
-    def batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+                       min_size=1, max_size=8), sync=sync_st)
+    def batch(self, ops: list[tuple[bytes, bytes | None]], sync: bool | None) -> None:
         assert self.db is not None
-        with self.db.batch() as b:
+        with self.db.batch(sync=sync) as b:
             for k, v in ops:
                 if v is None:
                     b.delete(k)
                 else:
                     b.put(k, v)
-        self._acknowledged(dict(ops))  # the last operation on a key wins
+        self._acknowledged(dict(ops), sync)  # the last operation on a key wins
+
+    @rule()
+    def sync(self) -> None:
+        """db.sync(): everything acknowledged so far survives a power cut."""
+        assert self.db is not None
+        self.db.sync()
+        self.durable_seq = self.seq
 
     @rule(seed=st.integers(0, 2**32), n=st.integers(10, 80))
     def put_many(self, seed: int, n: int) -> None:
@@ -278,21 +292,24 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(seed=st.integers(0, 2**32))
     def power_crash(self, seed: int) -> None:
-        """Power failure: only synced data survives (with sync="none", a prefix of history)."""
+        """Power failure: only synced data survives; after unsynced writes, a prefix of history.
+
+        Every write up to ``durable_seq`` (the last synced one) must be
+        there. Torn tails (``rng``) only when every write was synced: unsynced
+        records torn out of order across WAL segments may read as corruption
+        (FORMAT.md, "Torn tail or corruption?").
+        """
         assert self.db is not None
-        always = self.opts["sync"] == "always"
-        crashed = self.fs.crash_clone(random.Random(seed) if always else None)
+        all_synced = self.durable_seq == self.seq
+        crashed = self.fs.crash_clone(random.Random(seed) if all_synced else None)
         self.db.close()
         self._forget_snapshots()
         self.fs = crashed
         self._open()
         recovered = self.db.last_sequence
-        if always:
-            assert recovered == self.seq, "an acknowledged write was lost"
-        else:
-            assert self.durable_seq <= recovered <= self.seq
-            del self.history[recovered + 1:]
-            self.model = dict(self.history[recovered])
+        assert self.durable_seq <= recovered <= self.seq, "a synced write was lost"
+        del self.history[recovered + 1:]
+        self.model = dict(self.history[recovered])
         self.durable_seq = self.seq
         self._check_contents(self.model)
 
