@@ -25,6 +25,12 @@ Threads and locks:
   immutable bundle of memtable, immutable memtables and tables), in that
   order, and filter by sequence -- every entry with a sequence <= the
   visible one is in that bundle, and a batch is either wholly visible or not.
+* A read-only engine (``read_only=True``) has no threads, WAL, manifest
+  writer or LOCK: ``refresh()`` loads a new view under ``_refresh_lock`` and
+  publishes ``_visible_seq`` *before* ``_sv`` (a reader between the two sees
+  the older view at the newer sequence: the older state, consistently).
+  Snapshots and transactions pin the view they began in (``_ro_svs``), as
+  the writer's compactions know nothing of them.
 
 Invariants:
 
@@ -73,6 +79,7 @@ from engine.errors import (
     CorruptionError,
     EngineError,
     InvalidArgument,
+    ReadOnlyError,
     SerializationFailure,
     StorageError,
 )
@@ -96,10 +103,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_GROUP_BYTES = 1 << 20
+_READ_ONLY_ATTEMPTS = 20
 _MAX_MANIFEST_BYTES = 4 << 20
 
 
 Ops = dict[bytes, bytes | None]
+
+
+class _StoreChanged(Exception):
+    """A read-only load raced with the writer; load again."""
 
 
 class _Writer:
@@ -189,7 +201,7 @@ class _LocalTransactions:
         try:
             if ops:
                 durable = e._default_sync if sync is None else e._sync_arg(sync)
-                return e._write(ops, nbytes, txn=state, sync=durable)
+                return e._write(ops, nbytes, txn=state, sync=durable, what="commit")
             with e._mutex:
                 e._certifier.certify(state, (), None, time.monotonic())
                 e._certifier.committed(state)
@@ -281,7 +293,9 @@ class Engine:
     """An embedded LSM key-value store in one directory. Thread-safe."""
 
     def __init__(self, path: str, options: Options | None = None,
-                 fs: FileSystem | None = None) -> None:
+                 fs: FileSystem | None = None, *, read_only: bool = False) -> None:
+        if type(read_only) is not bool:
+            raise TypeError(f"read_only must be True or False, got {type(read_only).__name__}")
         self.options = (options or Options()).validate()
         self.path = path
         self._fs = fs or OSFileSystem()
@@ -308,6 +322,19 @@ class Engine:
         # loses an earlier write (a durable write implies a durable prefix).
         self._unsynced_wals: list[tuple[int, str]] = []
         self._transactions = _LocalTransactions(self)
+        self._read_only = read_only
+        # Read-only engines: the superversion each pinned sequence (snapshot,
+        # transaction) reads, kept across refresh() -- the writer's compactions
+        # do not know our snapshots, so an old sequence must read old tables.
+        self._ro_svs: dict[int, _SuperVersion] = {}
+        self._refresh_lock = threading.Lock()
+        if read_only:
+            sv, last_seq, self._tables = self._read_only_state()
+            self._last_seq = self._visible_seq = self._manifest_last_seq = last_seq
+            self._synced_seq = last_seq
+            self._wal: LogFile | None = None
+            self._sv = sv
+            return
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
         try:
@@ -392,6 +419,100 @@ class Engine:
         self._sv = _SuperVersion(MemTable(log_number), (), version, self._tables)
         self._delete_obsolete(version, log_number, manifest_number)
 
+    def _read_only_state(self) -> tuple[_SuperVersion, int, dict[int, Table]]:
+        """The store as its files say now, read without writing anything (read-only open).
+
+        A writer may be flushing, compacting or rotating the manifest while
+        we read: a file that vanished under us or a log that moved on means
+        "read again" (a few times, briefly backing off), not an error.
+        """
+        last: BaseException | None = None
+        for attempt in range(_READ_ONLY_ATTEMPTS):
+            try:
+                return self._read_only_state_once()
+            except (CorruptionError, FileNotFoundError, _StoreChanged) as exc:
+                last = exc
+                log.debug("%s: read-only load attempt %d: %s", self.path, attempt + 1, exc)
+                time.sleep(0.002 * (attempt + 1))
+        if isinstance(last, _StoreChanged):
+            raise StorageError(f"{self.path}: the store kept changing during "
+                               f"{_READ_ONLY_ATTEMPTS} attempts to read it") from last
+        if last is None:  # pragma: no cover - the loop runs at least once
+            raise StorageError(f"{self.path}: could not be read")
+        raise last
+
+    def _read_only_state_once(self) -> tuple[_SuperVersion, int, dict[int, Table]]:
+        """One attempt of :meth:`_read_only_state`: manifest, tables, then WAL into memory.
+
+        WAL segments are deleted only after the manifest moved its log
+        number past them, so reading the manifest again afterwards and
+        finding the same log number proves no segment we needed was deleted
+        while we read. A torn tail is ignored in memory (the writer may be
+        appending that record right now) and the file left as it is.
+        """
+        fs, path, opts = self._fs, self.path, self.options
+        if not fs.exists(fs.join(path, CURRENT)):
+            raise InvalidArgument(f"no store at {path} to open read-only (no {CURRENT} file)")
+        state = Manifest.recover(fs, path, opts.num_levels)
+        known = self._tables
+        tables: dict[int, Table] = {}
+        try:
+            for _, f in state.version.files():
+                t = known.get(f.number)  # tables are immutable: an open one is reused
+                tables[f.number] = t if t is not None else self._open_table(f)
+            wals = sorted(num for kind, num in filter(None, map(parse_file_name,
+                                                                fs.listdir(path)))
+                          if kind is FileKind.WAL and num >= state.log_number)
+            replayed = [(p, *replay(fs, p))
+                        for p in (fs.join(path, file_name(FileKind.WAL, n)) for n in wals)]
+            if Manifest.recover(fs, path, opts.num_levels).log_number != state.log_number:
+                raise _StoreChanged("a flush moved the log number while we read")
+        except BaseException:
+            for number, t in tables.items():
+                if number not in known:
+                    t.close()
+            raise
+        mem = MemTable(0)
+        last_seq = state.last_sequence
+        for i, (wal_path, batches, scan) in enumerate(replayed):
+            if scan.torn is not None and any(later for _, later, _ in replayed[i + 1:]):
+                raise CorruptionError(wal_path, scan.valid_end,
+                                      f"{scan.torn} in a WAL segment that is not the newest")
+            for seq, ops in batches:
+                if seq <= last_seq:
+                    raise CorruptionError(wal_path, None,
+                                          f"sequence {seq} does not follow {last_seq}")
+                mem.add(seq, ops)
+                last_seq = seq
+        return _SuperVersion(mem, (), state.version, tables), last_seq, tables
+
+    def refresh(self) -> None:
+        """Catch a read-only engine up with what the writer has handed to the OS.
+
+        Re-reads the manifest, opens new tables and replays the WAL into a
+        new memtable, then switches to the new view; snapshots and
+        transactions already open keep reading the view they started with.
+        Tables the writer has deleted since stay readable through the file
+        descriptors held open for older views until those are released
+        (POSIX unlink semantics). Only for engines opened ``read_only=True``.
+        """
+        if not self._read_only:
+            raise InvalidArgument("refresh() is for engines opened read_only=True; a writable "
+                                  "engine always reads its latest state")
+        self._check_open()
+        with self._refresh_lock:
+            sv, last_seq, tables = self._read_only_state()
+            with self._mutex:
+                self._check_open()
+                # Sequence first, then tables: a lock-free reader between the two
+                # reads the newer sequence in the older view -- the older state,
+                # consistently -- never an old sequence in tables compacted since.
+                self._last_seq = self._visible_seq = self._manifest_last_seq = last_seq
+                self._synced_seq = last_seq
+                self._tables = tables
+                self._sv = sv
+                self._stats["refreshes"] += 1
+
     def _flush_during_recovery(self, mem: MemTable) -> list[tuple[int, FileMeta]]:
         if not len(mem):
             return []
@@ -448,13 +569,13 @@ class Engine:
         """
         k = check_key(key, self.options)
         v = check_value(value, self.options)
-        self._write({k: v}, len(k) + len(v),
+        self._write({k: v}, len(k) + len(v), what="put",
                     sync=self._default_sync if sync is None else self._sync_arg(sync))
 
     def delete(self, key: Buffer, *, sync: bool | None = None) -> None:
         """Remove ``key`` (a no-op if absent); durable when it returns (``sync=`` as in put)."""
         k = check_key(key, self.options)
-        self._write({k: None}, len(k),
+        self._write({k: None}, len(k), what="delete",
                     sync=self._default_sync if sync is None else self._sync_arg(sync))
 
     def batch(self, *, sync: bool | None = None) -> BatchContext:
@@ -464,6 +585,8 @@ class Engine:
         """
         if sync is not None:
             self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("batch")
         self._check_open()
         return BatchContext(self, sync)
 
@@ -472,8 +595,10 @@ class Engine:
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
         durable = self._default_sync if sync is None else self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("write")
         if batch.ops:
-            self._write(dict(batch.ops), batch.byte_size, sync=durable)
+            self._write(dict(batch.ops), batch.byte_size, sync=durable, what="write")
 
     def sync(self) -> None:
         """Make every write acknowledged so far durable (one fdatasync of the WAL).
@@ -483,14 +608,16 @@ class Engine:
         still hold unsynced records. With ``wal=False`` it flushes the
         memtables to tables instead.
         """
+        if self._read_only:
+            self._check_writable("sync")
         if self._wal is None:
             self.flush()
             return
-        self._enqueue([], 0, None, sync=True)
+        self._enqueue([], 0, None, sync=True, what="sync")
 
     def _sync_arg(self, sync: object) -> bool:
         """Check an explicit ``sync=`` argument (True or False) for this engine."""
-        if check_sync(sync) and self._wal is None:
+        if check_sync(sync) and self._wal is None and not self._read_only:
             raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
                                   "wal=False (its durability comes from elsewhere)")
         return bool(sync)
@@ -523,15 +650,15 @@ class Engine:
                 raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
             items.append((sequence, dict(batch.ops)))
             nbytes += batch.byte_size
-        return self._enqueue(items, nbytes, None, sync=self._default_sync)
+        return self._enqueue(items, nbytes, None, sync=self._default_sync, what="apply")
 
     def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None,
-               sync: bool) -> int:
+               sync: bool, what: str = "write") -> int:
         """Write ``ops`` as one batch at the next sequence; return that sequence."""
-        return self._enqueue([(None, ops)], nbytes, txn, sync=sync)
+        return self._enqueue([(None, ops)], nbytes, txn, sync=sync, what=what)
 
     def _enqueue(self, items: list[tuple[int | None, Ops]], nbytes: int,
-                 txn: TxnState | None, *, sync: bool) -> int:
+                 txn: TxnState | None, *, sync: bool, what: str = "write") -> int:
         """Queue batches (None: next sequence), group-commit, return the last sequence or 0.
 
         With ``txn`` (one item), the transaction is certified in the same
@@ -541,7 +668,7 @@ class Engine:
         """
         w = _Writer([], nbytes, threading.Condition(self._mutex), sync)
         with self._mutex:
-            self._check_writable()
+            self._check_writable(what)
             now = time.monotonic()
             last = self._last_seq
             for sequence, ops in items:
@@ -713,7 +840,9 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine at {self.path} is closed")
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, what: str = "write") -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{what}: the engine at {self.path} was opened read_only=True")
         if self._closed or self._rejecting_writes:
             raise ClosedError(f"engine at {self.path} is closed")
         if self._bg_error is not None:
@@ -730,13 +859,17 @@ class Engine:
         seq = self._visible_seq
         return self._lookup(self._sv, key, seq)
 
+    def _sv_at(self, seq: int) -> _SuperVersion:
+        """The superversion a read at ``seq`` uses (a read-only engine's pinned one)."""
+        return self._ro_svs.get(seq, self._sv) if self._ro_svs else self._sv
+
     def _get_at(self, key: bytes, seq: int) -> bytes | None:
         self._check_open()
-        return self._lookup(self._sv, key, seq)
+        return self._lookup(self._sv_at(seq), key, seq)
 
     def _get_many_at(self, keys: list[bytes], seq: int) -> list[bytes | None]:
         self._check_open()
-        return self._lookup_many(self._sv, keys, seq)
+        return self._lookup_many(self._sv_at(seq), keys, seq)
 
     @staticmethod
     def _lookup(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
@@ -859,7 +992,7 @@ class Engine:
                  ) -> Iterator[tuple[bytes, bytes]]:
         lo = None if start is None else check_key(start, self.options)
         hi = None if end is None else check_key(end, self.options)
-        sv = self._sv
+        sv = self._sv_at(seq)
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
         return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open)
@@ -885,6 +1018,8 @@ class Engine:
             self._check_open()
             seq = self._visible_seq
             self._snapshots[seq] += 1
+            if self._read_only:
+                self._ro_svs.setdefault(seq, self._sv)
         return Snapshot(self, seq)
 
     def _release_snapshot(self, seq: int) -> None:
@@ -892,6 +1027,7 @@ class Engine:
             self._snapshots[seq] -= 1
             if self._snapshots[seq] <= 0:
                 del self._snapshots[seq]
+                self._ro_svs.pop(seq, None)
 
     @property
     def last_sequence(self) -> int:
@@ -924,7 +1060,10 @@ class Engine:
         if sync is not None:
             self._sync_arg(sync)
         with self._mutex:
-            self._check_writable() if not read_only else self._check_open()
+            if read_only or self._read_only:  # a read-only engine refuses writes at commit
+                self._check_open()
+            else:
+                self._check_writable("begin")
             # Commits already certified are waiting only for their WAL write:
             # start after them (at most one group commit), or this transaction
             # would read around them and conflict with them.
@@ -944,6 +1083,8 @@ class Engine:
                                      for s, ops in w.batches if s > seq and ops]
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
+            if self._read_only:
+                self._ro_svs.setdefault(seq, self._sv)
         return Transaction(self._transactions, state, sync=sync)
 
     def transaction(self, *, read_only: bool = False, sync: bool | None = None) -> Transaction:
@@ -1156,7 +1297,7 @@ class Engine:
     def flush(self) -> None:
         """Write the memtable to a table and wait until every memtable is flushed."""
         with self._mutex:
-            self._check_writable()
+            self._check_writable("flush")
             self._flush_locked()
 
     def _flush_locked(self) -> None:
@@ -1177,6 +1318,8 @@ class Engine:
         Afterwards each key lives in one level, and with no snapshot held no
         tombstone or overwritten version is left.
         """
+        if self._read_only:
+            self._check_writable("compact")
         self.flush()
         with self._compaction_lock:
             with self._mutex:
@@ -1210,6 +1353,8 @@ class Engine:
         sequence: the copy holds exactly the writes up to it. Used to bring
         a replica that fell behind the replication log back in one step.
         """
+        if self._read_only:
+            self._check_writable("checkpoint")
         self.flush()
         fs = self._fs
         fs.mkdirs(dest)
@@ -1253,6 +1398,7 @@ class Engine:
                 txn_rollbacks=dict(self._certifier.rollbacks),
                 certifier=self._certifier.tracked(),
                 background_error=str(self._bg_error) if self._bg_error else None,
+                read_only=self._read_only,
             )
         return out
 
@@ -1268,6 +1414,9 @@ class Engine:
 
     def close(self) -> None:
         """Finish queued writes, stop background work, sync the WAL, release the directory."""
+        if self._read_only:
+            self._close_read_only()
+            return
         with self._mutex:
             if self._closed or self._rejecting_writes:
                 return
@@ -1300,6 +1449,16 @@ class Engine:
             t.close()
         self._lock.release()
 
+    def _close_read_only(self) -> None:
+        """A read-only engine has no threads, log or lock: close its tables."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+        with self._refresh_lock:
+            for t in self._tables.values():
+                t.close()
+
     def simulate_crash(self) -> None:
         """Drop the engine as a killed process would: for tests and simulated clusters.
 
@@ -1308,6 +1467,9 @@ class Engine:
         the memtable is gone. Background work stops after its current step, and
         the directory is released so the store can be reopened in-process.
         """
+        if self._read_only:
+            self._close_read_only()
+            return
         with self._mutex:
             if self._closed or self._closing:
                 return

@@ -467,3 +467,253 @@ def test_torn_unsynced_tail_of_an_older_segment_is_cut_when_nothing_follows() ->
 def test_torn_older_segment_followed_by_records_is_corruption() -> None:
     with pytest.raises(engine.CorruptionError, match="not the newest"):
         engine.open("/db", fs=_torn_older_segment(True))
+
+
+# ---------------------------------------------------------------------- read-only open
+
+_WRITE_CALLS = ["put", "delete", "batch", "write", "apply", "commit", "flush", "compact",
+                "sync", "checkpoint"]
+
+
+def _try_every_write(db: engine.Engine, scratch: str) -> dict[str, str]:
+    """Call every write API; return {call: ReadOnlyError message} for those refused."""
+    def commit() -> None:
+        tx = db.begin()
+        tx.put(b"k", b"v")
+        tx.commit()
+
+    calls = {
+        "put": lambda: db.put(b"k", b"v"),
+        "delete": lambda: db.delete(b"k"),
+        "batch": lambda: db.batch(),
+        "write": lambda: db.write(engine.WriteBatch()),
+        "apply": lambda: db.apply(engine.WriteBatch(), db.last_sequence + 1),
+        "commit": commit,
+        "flush": db.flush,
+        "compact": db.compact,
+        "sync": db.sync,
+        "checkpoint": lambda: db.checkpoint(scratch),
+    }
+    refused = {}
+    for name, call in calls.items():
+        try:
+            call()
+        except engine.ReadOnlyError as exc:
+            refused[name] = str(exc)
+    return refused
+
+
+def test_read_only_refuses_every_write_call_naming_it(fs_path: tuple[FileSystem, str]) -> None:
+    fs, path = fs_path
+    with engine.open(path, fs=fs) as writer:
+        writer.put(b"a", b"1")
+        with engine.open(path, fs=fs, read_only=True) as ro:
+            refused = _try_every_write(ro, path + "-copy")
+            assert sorted(refused) == sorted(_WRITE_CALLS)
+            for name, message in refused.items():
+                assert message.startswith(name + ":") and "read_only=True" in message
+            assert ro.get(b"a") == b"1" and ro.multi_get([b"a", b"b"]) == [b"1", None]
+            with ro.transaction() as tx:  # a transaction that only reads commits
+                assert tx.get(b"a") == b"1"
+            assert ro.stats()["read_only"] and ro.stats()["certifier"]["active"] == 0
+        assert not fs.exists(path + "-copy")
+        with pytest.raises(engine.InvalidArgument, match="read_only=True"):
+            writer.refresh()
+
+
+def test_read_only_open_of_a_missing_store_creates_nothing(fs_path: tuple[FileSystem, str]
+                                                           ) -> None:
+    fs, path = fs_path
+    with pytest.raises(engine.InvalidArgument, match="no store"):
+        engine.open(path, fs=fs, read_only=True)
+    assert not fs.exists(path)
+
+
+def test_read_only_open_takes_no_lock(fs_path: tuple[FileSystem, str]) -> None:
+    """A reader never blocks the writer: open read-only first, then the writer, then another."""
+    fs, path = fs_path
+    engine.open(path, fs=fs).close()
+    with engine.open(path, fs=fs, read_only=True) as ro, engine.open(path, fs=fs) as writer:
+        writer.put(b"k", b"v")
+        assert ro.get(b"k") is None  # its view is as of its open
+        ro.refresh()
+        assert ro.get(b"k") == b"v"
+        with pytest.raises(engine.LockedError):
+            engine.open(path, fs=fs)
+
+
+def _file_states(path: str) -> dict[str, tuple[int, int]]:
+    import os
+    return {name: (os.stat(os.path.join(path, name)).st_size,
+                   os.stat(os.path.join(path, name)).st_mtime_ns)
+            for name in sorted(os.listdir(path))}
+
+
+def test_read_only_open_changes_no_file_and_ignores_a_torn_tail_in_memory(tmp_path: object
+                                                                          ) -> None:
+    """Names, sizes and mtimes are unchanged by a read-only open, reads, refresh and close."""
+    import os
+    path = os.path.join(str(tmp_path), "db")
+    db = engine.open(path, **SMALL)
+    model = {}
+    for i in range(300):
+        db.put(b"k%03d" % (i % 120), b"%d" % i)
+        model[b"k%03d" % (i % 120)] = b"%d" % i
+    db.simulate_crash()  # no close: the WAL still holds the latest writes
+    wal = sorted(n for n in os.listdir(path) if n.endswith(".log"))[-1]
+    with open(os.path.join(path, wal), "ab") as f:  # a torn record at the tail
+        f.write(b"\x12\x34\x56\x78\x40\x00\x01partial")
+    before = _file_states(path)
+    with engine.open(path, read_only=True) as ro:
+        assert dict(ro.scan()) == model
+        assert ro.multi_get(list(model)) == list(model.values())
+        ro.refresh()
+        with ro.snapshot() as snap:
+            assert dict(snap.scan(prefix=b"k1")) == {k: v for k, v in model.items()
+                                                     if k.startswith(b"k1")}
+    assert _file_states(path) == before
+    with engine.open(path) as rw:  # a writable open cuts the tail, writes new files
+        assert dict(rw.scan()) == model
+    assert _file_states(path) != before
+
+
+def test_read_only_view_survives_the_writer_deleting_its_tables(fs_path: tuple[FileSystem, str]
+                                                                ) -> None:
+    """The writer compacts away every table the reader has open: old reads stay right.
+
+    Tables are opened when the view is loaded, so their open descriptors keep
+    deleted files readable (POSIX unlink, MemFS the same); ``refresh()``
+    moves to the writer's new tables, and snapshots taken before keep the old view.
+    """
+    fs, path = fs_path
+    with engine.open(path, fs=fs, **SMALL) as writer:
+        for i in range(200):
+            writer.put(b"k%03d" % i, b"old")
+        writer.flush()
+        ro = engine.open(path, fs=fs, read_only=True)
+        try:
+            old_tables = [f.number for _, f in ro._sv.version.files()]
+            snap = ro.snapshot()
+            for i in range(200):
+                writer.put(b"k%03d" % i, b"new")
+            writer.compact()
+            names = fs.listdir(path)
+            assert not any(engine.db.file_name(engine.db.FileKind.TABLE, n) in names
+                           for n in old_tables), "the writer should have deleted them"
+            assert set(ro.multi_get([b"k%03d" % i for i in range(200)])) == {b"old"}
+            assert {v for _, v in ro.scan()} == {b"old"}
+            ro.refresh()
+            assert {v for _, v in ro.scan()} == {b"new"}
+            assert ro.get(b"k007") == b"new"
+            assert snap.get(b"k007") == b"old"
+            assert {v for _, v in snap.scan()} == {b"old"}
+            snap.release()
+        finally:
+            ro.close()
+
+
+def test_read_only_open_of_a_store_missing_a_table_is_a_clear_error() -> None:
+    fs = MemFS()
+    with engine.open("/db", fs=fs) as db:
+        db.put(b"k", b"v")
+        db.flush()
+    table = next(n for n in fs.listdir("/db") if n.endswith(".sst"))
+    fs.remove("/db/" + table)
+    with pytest.raises(engine.CorruptionError, match=f"{table}.*missing"):
+        engine.open("/db", fs=fs, read_only=True)
+
+
+_READER = r"""
+import json, sys, time
+import engine
+
+path, seconds = sys.argv[1], float(sys.argv[2])
+keys = [b"g%03d" % i for i in range(20)]
+db = engine.open(path, read_only=True)
+bad, counters, refreshes = [], [], 0
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    with db.snapshot() as snap:
+        values = snap.multi_get(keys)
+        scanned = [v for _, v in snap.scan(prefix=b"g")]
+        unique = sum(1 for _ in snap.scan(prefix=b"u"))
+    counter = int(values[0][:8])
+    if len(set(values)) != 1 or scanned != values or unique != counter + 1:
+        bad.append([db.last_sequence, len(set(values)), len(scanned), unique, counter])
+    counters.append(counter)
+    db.refresh()
+    refreshes += 1
+refused = []
+for call in (lambda: db.put(b"x", b"y"), db.flush, db.compact):
+    try:
+        call()
+    except engine.ReadOnlyError as exc:
+        refused.append(str(exc).split(":")[0])
+db.close()
+print(json.dumps({"bad": bad, "counters": counters, "refreshes": refreshes,
+                  "refused": refused}))
+"""
+
+
+def test_read_only_process_reads_while_a_writer_writes(tmp_path: object) -> None:
+    """A second process refreshes its view again and again while this one writes and compacts.
+
+    Every batch sets 20 keys to its counter value and adds one key of its
+    own, so a view mixing two batches shows unequal values and a view that
+    lost a batch (a WAL segment deleted by a flush under the reader) misses
+    a key; the counter never goes back from one refresh to the next.
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = os.path.join(str(tmp_path), "db")
+    writer = engine.open(path, sync="none", memtable_bytes=64 * 1024,
+                         target_file_bytes=16 * 1024, level_base_bytes=64 * 1024,
+                         l0_compaction_trigger=2)
+    stop = threading.Event()
+    written = [0]
+
+    def write() -> None:
+        i = 1
+        while not stop.is_set():
+            with writer.batch() as b:
+                for k in range(20):
+                    b.put(b"g%03d" % k, b"%08d" % i + bytes(60))
+                b.put(b"u%08d" % i, b"")  # written once: losing any batch shows
+            written[0] = i
+            i += 1
+            time.sleep(0.0005)
+
+    with writer.batch() as b:
+        for k in range(20):
+            b.put(b"g%03d" % k, b"%08d" % 0 + bytes(60))
+        b.put(b"u%08d" % 0, b"")
+    thread = threading.Thread(target=write)
+    thread.start()
+    proc = subprocess.Popen([sys.executable, "-c", _READER, path, "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        stop.set()
+        thread.join()
+    stats = writer.stats()
+    writer.close()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    print(f"refreshes={result['refreshes']} counters {result['counters'][0]}.."
+          f"{result['counters'][-1]} of {written[0]} written; writer stats "
+          f"flushes={stats['flushes']} compactions={stats['compactions']}")
+    assert result["bad"] == []
+    counters = result["counters"]
+    assert counters == sorted(counters), "a refresh went back in time"
+    assert result["refreshes"] >= 5 and counters[-1] > counters[0]
+    assert result["refused"] == ["put", "flush", "compact"]
+    assert stats["compactions"] > 0 and stats["flushes"] > 2, stats

@@ -3,7 +3,8 @@
 Every run draws its own Options (tiny memtables, blocks, files and level
 targets; lz4 or not; bloom or not; sync or not), so flushes and compactions
 run constantly in the background while the rules put, delete, batch, read
-(get, multi_get), scan (ranges and prefixes), take and read snapshots, flush, compact, close and
+(get, multi_get), scan (ranges and prefixes), take and read snapshots,
+open a read-only view beside the writer, flush, compact, close and
 reopen, and crash.
 
 Crashes use MemFS clones while the background threads are running, so a
@@ -115,11 +116,13 @@ class EngineMachine(RuleBasedStateMachine):
                 snap.get(b"k00")
         self.snapshots = []
 
-    def _check_contents(self, state: dict[bytes, bytes]) -> None:
-        assert self.db is not None
-        assert list(self.db.scan()) == sorted(state.items())
+    def _check_contents(self, state: dict[bytes, bytes], db: engine.Engine | None = None
+                        ) -> None:
+        db = db or self.db
+        assert db is not None
+        assert list(db.scan()) == sorted(state.items())
         for k in KEYS:
-            assert self.db.get(k) == state.get(k), k
+            assert db.get(k) == state.get(k), k
 
     # -- setup ---------------------------------------------------------------
 
@@ -260,6 +263,17 @@ class EngineMachine(RuleBasedStateMachine):
         files = sorted((f for _, f in version.files()), key=lambda f: f.smallest)
         for a, b in pairwise(files):
             assert a.largest < b.smallest
+
+    @rule()
+    def read_only_view(self) -> None:
+        """A read-only engine opened beside the writer (flushing, compacting) sees the model."""
+        assert self.db is not None
+        ro = engine.open(PATH, fs=self.fs, read_only=True, **self.opts)
+        try:
+            self._check_contents(self.model, ro)
+            assert ro.last_sequence == self.seq
+        finally:
+            ro.close()
 
     @rule()
     def verify(self) -> None:
