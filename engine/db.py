@@ -54,7 +54,7 @@ import logging
 import random
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -922,6 +922,9 @@ class Engine:
         Sources are visited newest first (memtables, L0 tables newest first,
         then each level); a key leaves ``pending`` at the first source that
         holds a version visible at ``seq`` (a tombstone resolves it to None).
+        Each key is hashed once; in a level, each table takes the run of
+        pending keys between its smallest and largest key (two bisections)
+        and :meth:`Table.get_sorted` probes its filter and blocks for them.
         """
         found: dict[bytes, bytes | None] = {}
         pending = sorted(set(keys))
@@ -940,36 +943,37 @@ class Engine:
                     found[k] = chain[1]
             pending = rest
         if pending and sv.has_tables:
-            hashes = {k: key_hash(k) for k in pending}
+            hashes = [key_hash(k) for k in pending]
             for t in sv.l0:
-                if not pending:
-                    break
                 p = t.props
-                may = t.may_contain
-                lo, hi = p.smallest, p.largest
-                group = [k for k in pending if lo <= k <= hi and may(*hashes[k])]
-                if group and t.get_sorted(group, seq, found):
-                    pending = [k for k in pending if k not in found]
+                lo = bisect_left(pending, p.smallest)
+                hi = bisect_right(pending, p.largest, lo)
+                if lo < hi and t.get_sorted(pending, hashes, lo, hi, seq, found):
+                    keep = [i for i, k in enumerate(pending) if k not in found]
+                    pending = [pending[i] for i in keep]
+                    hashes = [hashes[i] for i in keep]
+                    if not pending:
+                        break
             for largest, tables in sv.levels:
                 if not pending:
                     break
                 i, n, j, ntables = 0, len(pending), 0, len(tables)
-                hit_any = False
                 while i < n:
+                    # The table that may hold pending[i], and the run of keys it spans.
                     j = bisect_left(largest, pending[i], j)
                     if j == ntables:
                         break
                     t = tables[j]
-                    bound, lo, may = largest[j], t.props.smallest, t.may_contain
-                    group = []
-                    while i < n and (k := pending[i]) <= bound:
-                        if k >= lo and may(*hashes[k]):
-                            group.append(k)
-                        i += 1
-                    if group and t.get_sorted(group, seq, found):
-                        hit_any = True
-                if hit_any:
-                    pending = [k for k in pending if k not in found]
+                    end = bisect_right(pending, largest[j], i)
+                    lo = bisect_left(pending, t.props.smallest, i, end)
+                    if lo < end:
+                        t.get_sorted(pending, hashes, lo, end, seq, found)
+                    i = end
+                    j += 1
+                keep = [i for i, k in enumerate(pending) if k not in found]
+                if len(keep) < n:
+                    pending = [pending[i] for i in keep]
+                    hashes = [hashes[i] for i in keep]
         return [found.get(k) for k in keys]
 
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,

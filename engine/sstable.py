@@ -355,25 +355,31 @@ class Table:
             blk = self._fill(ckey, offset, self._sizes[i])
         return blk.get(key, seq)
 
-    def get_sorted(self, keys: list[bytes], seq: int, found: dict[bytes, bytes | None]
-                   ) -> bool:
-        """:meth:`get` of each of ``keys`` (ascending, distinct), hits stored in ``found``.
+    def get_sorted(self, keys: list[bytes], hashes: list[tuple[int, int]], start: int,
+                   stop: int, seq: int, found: dict[bytes, bytes | None]) -> bool:
+        """:meth:`get` of ``keys[start:stop]`` (ascending, distinct), filter first.
 
-        ``found[key]`` becomes the value (None for a tombstone) of each key
-        with a version visible at ``seq``; returns True if there was any.
-        The batch walks the index once (each bisection starts where the
-        previous one ended) and fetches each block once, however many of the
-        keys it holds: ``multi_get``'s per-table step.
+        ``hashes[i]`` is ``key_hash(keys[i])``. ``found[key]`` becomes the
+        value (None for a tombstone) of each key with a version visible at
+        ``seq``; returns True if there was any. The batch probes the filter
+        once per key, walks the index once (each bisection starts where the
+        previous one ended) and fetches each block once, however many of
+        the keys it holds: ``multi_get``'s per-table step.
         """
         index = self._index_keys
         n = len(index)
+        may = self.may_contain
         cache_get = self._cache.get
         base = self._cache_base
         bi = -1
         i = 0
         blk: Block | None = None
         hit_any = False
-        for key in keys:
+        for x in range(start, stop):
+            h, delta = hashes[x]
+            if not may(h, delta):
+                continue
+            key = keys[x]
             i = bisect_left(index, key, i)
             if i == n:
                 break
