@@ -463,7 +463,7 @@ class Engine:
             wals = sorted(num for kind, num in filter(None, map(parse_file_name,
                                                                 fs.listdir(path)))
                           if kind is FileKind.WAL and num >= state.log_number)
-            replayed = [(p, *replay(fs, p))
+            replayed = [(p, *replay(fs, p, tail_log_level=logging.DEBUG))
                         for p in (fs.join(path, file_name(FileKind.WAL, n)) for n in wals)]
             if Manifest.recover(fs, path, opts.num_levels).log_number != state.log_number:
                 raise _StoreChanged("a flush moved the log number while we read")
@@ -472,7 +472,7 @@ class Engine:
                 if number not in known:
                     t.close()
             raise
-        mem = MemTable(0)
+        mem = MemTable(state.log_number)
         last_seq = state.last_sequence
         for i, (wal_path, batches, scan) in enumerate(replayed):
             if scan.torn is not None and any(later for _, later, _ in replayed[i + 1:]):

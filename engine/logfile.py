@@ -10,6 +10,8 @@ group-commit leader, the manifest's caller holding the engine mutex).
 
 from __future__ import annotations
 
+import logging
+
 from engine.encoding import FileKind, file_name
 from engine.fs import FileSystem
 from engine.record import LogScan, LogWriter, body_records, file_header, read_log
@@ -55,7 +57,8 @@ class LogFile:
 
 
 def read_log_file(
-    fs: FileSystem, path: str, kind: FileKind, *, strict_tail: bool = False
+    fs: FileSystem, path: str, kind: FileKind, *, strict_tail: bool = False,
+    tail_log_level: int = logging.WARNING,
 ) -> tuple[list[tuple[int, bytes]], LogScan]:
     """Read a whole log file; return the records after its header and the raw scan.
 
@@ -63,5 +66,6 @@ def read_log_file(
     a newer format; a torn tail is reported in ``scan.torn`` for the caller to
     cut off (or to treat as corruption if the file is not the newest).
     """
-    scan = read_log(path, fs.read_file(path), strict_tail=strict_tail)
+    scan = read_log(path, fs.read_file(path), strict_tail=strict_tail,
+                    tail_log_level=tail_log_level)
     return body_records(path, scan, kind), scan

@@ -191,7 +191,8 @@ def _record_starts_after(data: bytes, offset: int) -> int | None:
     return None
 
 
-def read_log(path: str, data: bytes, *, strict_tail: bool = False) -> LogScan:
+def read_log(path: str, data: bytes, *, strict_tail: bool = False,
+             tail_log_level: int = logging.WARNING) -> LogScan:
     """Parse a whole log file; raise CorruptionError on damage followed by valid records.
 
     With ``strict_tail``, only an *incomplete* last record (the file ends
@@ -199,6 +200,8 @@ def read_log(path: str, data: bytes, *, strict_tail: bool = False) -> LogScan:
     corruption too. The manifest reads strictly: a synced edit may already
     have been acted on (WAL segments or tables deleted), so skipping a damaged
     one could silently lose data, while a crash mid-append can only truncate.
+    ``tail_log_level`` is the level a torn tail is logged at (a read-only
+    reader of a live store sees the record being appended: DEBUG).
     """
     records: list[tuple[int, bytes]] = []
     n = len(data)
@@ -241,8 +244,8 @@ def read_log(path: str, data: bytes, *, strict_tail: bool = False) -> LogScan:
         if strict_tail and not bad.incomplete:
             raise CorruptionError(path, bad.offset,
                                   f"{bad.reason} in the last record (not a truncation)") from None
-        log.warning("%s: torn tail at offset %d (%s); %d bytes dropped",
-                    path, cut, bad.reason, n - cut)
+        log.log(tail_log_level, "%s: torn tail at offset %d (%s); %d bytes dropped",
+                path, cut, bad.reason, n - cut)
         return LogScan(records, cut, bad.reason)
     return LogScan(records, n, None)
 

@@ -19,6 +19,7 @@ The engine's group-commit leader is the only writer; replay runs during
 
 from __future__ import annotations
 
+import logging
 import struct
 
 from engine.batch import decode_batch, encode_batch
@@ -58,9 +59,10 @@ def decode_group(payload: bytes, *, path: str, offset: int) -> list[Batch]:
     return out
 
 
-def replay(fs: FileSystem, path: str) -> tuple[list[Batch], LogScan]:
+def replay(fs: FileSystem, path: str, *, tail_log_level: int = logging.WARNING
+           ) -> tuple[list[Batch], LogScan]:
     """All batches of a WAL segment in order, and the scan (for torn-tail handling)."""
-    records, scan = read_log_file(fs, path, FileKind.WAL)
+    records, scan = read_log_file(fs, path, FileKind.WAL, tail_log_level=tail_log_level)
     batches: list[Batch] = []
     last = 0
     for offset, payload in records:

@@ -516,6 +516,7 @@ def test_read_only_refuses_every_write_call_naming_it(fs_path: tuple[FileSystem,
             with ro.transaction() as tx:  # a transaction that only reads commits
                 assert tx.get(b"a") == b"1"
             assert ro.stats()["read_only"] and ro.stats()["certifier"]["active"] == 0
+            assert ro.verify().ok
         assert not fs.exists(path + "-copy")
         with pytest.raises(engine.InvalidArgument, match="read_only=True"):
             writer.refresh()
