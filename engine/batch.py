@@ -4,11 +4,15 @@ Grammar of an encoded batch body (little-endian; see FORMAT.md)::
 
     ops    := count:u32 op{count}
     op     := kind:u8 key_len:u32 value_len:u32 key[key_len] value[value_len]
-    kind   := DELETE=0 | PUT=1               # a DELETE has value_len = 0
+    kind   := DELETE=0 | PUT=1 | RANGE_DELETE=2   # a DELETE has value_len = 0
     batch  := sequence:u64 ops               # as stored in a WAL write group
 
 A batch holds at most one operation per key (the last one wins), so all of
-its operations can share one sequence number. Pure module: no I/O, no locks.
+its operations can share one sequence number. A range deletion
+(``Engine.delete_range``) is a batch of one RANGE_DELETE op whose key is the
+range's start and whose value its end; in memory its ops are
+``{start: RangeEnd(end)}`` (:class:`RangeEnd` marks the value). Pure module:
+no I/O, no locks.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from engine.errors import CorruptionError, InvalidArgument
 from engine.options import Options
 
 __all__ = [
+    "RangeEnd",
     "WriteBatch",
+    "check_bound",
     "check_key",
     "check_keys",
     "check_sync",
@@ -30,6 +36,7 @@ __all__ = [
     "decode_ops",
     "encode_ops",
     "prefix_bounds",
+    "range_of",
     "scan_bounds",
 ]
 
@@ -38,6 +45,21 @@ _COUNT = struct.Struct("<I")
 _SEQ = struct.Struct("<Q")
 
 Buffer = bytes | bytearray | memoryview
+
+
+class RangeEnd(bytes):
+    """The value of a range deletion's only op: the exclusive end of ``[start, end)``."""
+
+    __slots__ = ()
+
+
+def range_of(ops: dict[bytes, bytes | None]) -> tuple[bytes, bytes] | None:
+    """``(start, end)`` if ``ops`` is a range deletion, else None."""
+    if len(ops) == 1:
+        ((start, end),) = ops.items()
+        if type(end) is RangeEnd:
+            return start, end
+    return None
 
 
 def _as_bytes(obj: object, what: str) -> bytes:
@@ -56,6 +78,15 @@ def check_key(key: object, options: Options) -> bytes:
             f"key of {len(k)} bytes exceeds max_key_bytes={options.max_key_bytes}"
         )
     return k
+
+
+def check_bound(obj: object, what: str, options: Options) -> bytes:
+    """A range bound (``delete_range``'s start or end) checked like a key, naming ``what``."""
+    b = _as_bytes(obj, what)
+    if len(b) > options.max_key_bytes:
+        raise InvalidArgument(
+            f"{what} of {len(b)} bytes exceeds max_key_bytes={options.max_key_bytes}")
+    return b
 
 
 def check_keys(keys: object, options: Options) -> list[bytes]:
@@ -144,10 +175,15 @@ def encode_ops(ops: dict[bytes, bytes | None]) -> bytes:
             append(pack(Kind.DELETE, len(key), 0))
             append(key)
         else:
-            append(pack(Kind.PUT, len(key), len(value)))
+            append(pack(Kind.PUT if type(value) is bytes else _value_kind(value),
+                        len(key), len(value)))
             append(key)
             append(value)
     return b"".join(parts)
+
+
+def _value_kind(value: bytes) -> Kind:
+    return Kind.RANGE_DELETE if type(value) is RangeEnd else Kind.PUT
 
 
 def decode_ops(
@@ -173,6 +209,9 @@ def decode_ops(
                 pos += vlen
             elif kind == Kind.DELETE and vlen == 0:
                 ops[key] = None
+            elif kind == Kind.RANGE_DELETE and count == 1:
+                ops[key] = RangeEnd(data[pos : pos + vlen])
+                pos += vlen
             else:
                 raise CorruptionError(path, base + pos, f"bad operation kind {kind}/{vlen}")
             if pos > n:
@@ -246,6 +285,8 @@ class WriteBatch:
         ops, end = decode_ops(data)
         if end != len(data):
             raise CorruptionError("<batch>", end, "trailing bytes after batch")
+        if range_of(ops) is not None:
+            raise CorruptionError("<batch>", 0, "a write batch cannot hold a range deletion")
         batch = cls(options)
         for key, value in ops.items():
             batch._account(key, value)

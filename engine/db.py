@@ -46,6 +46,11 @@ Invariants:
    holding all of its batches (``log_number`` moved past it).
 4. A table file is deleted only after the manifest no longer references it;
    readers holding an old version keep its open file.
+5. A range tombstone (``delete_range``) hides, at every sequence >= its own,
+   every older version of its keys in every source; reads honour the
+   tombstones of the whole superversion once ``_range_deletes`` is set, and
+   only a compaction of every table into the bottom level may drop one (with
+   the versions it hides), once no snapshot predates it.
 """
 
 from __future__ import annotations
@@ -63,11 +68,14 @@ from typing import Any, TypeVar
 from engine import compaction
 from engine.batch import (
     Buffer,
+    RangeEnd,
     WriteBatch,
+    check_bound,
     check_key,
     check_keys,
     check_sync,
     check_value,
+    range_of,
     scan_bounds,
 )
 from engine.block import Block
@@ -134,7 +142,7 @@ class _Writer:
 class _SuperVersion:
     """What a reader needs, swapped atomically: memtables plus tables by level."""
 
-    __slots__ = ("has_tables", "imms", "l0", "levels", "mem", "version")
+    __slots__ = ("has_tables", "imms", "l0", "levels", "mem", "rts", "version")
 
     def __init__(self, mem: MemTable, imms: tuple[MemTable, ...], version: Version,
                  tables: dict[int, Table]) -> None:
@@ -148,6 +156,9 @@ class _SuperVersion:
             if files
         )
         self.has_tables = bool(self.l0 or self.levels)
+        # Range deletions of the frozen sources (the live memtable's are read live).
+        self.rts = tuple(rt for imm in imms for rt in imm.range_tombstones) + tuple(
+            rt for _, f in version.files() for rt in tables[f.number].props.range_tombstones)
 
 
 def _meta(p: TableProperties) -> FileMeta:
@@ -323,6 +334,9 @@ class Engine:
         self._unsynced_wals: list[tuple[int, str]] = []
         self._transactions = _LocalTransactions(self)
         self._read_only = read_only
+        # True once the store may hold a range deletion: reads then take the
+        # slower path that honours them (recomputed on open).
+        self._range_deletes = False
         # Read-only engines: the superversion each pinned sequence (snapshot,
         # transaction) reads, kept across refresh() -- the writer's compactions
         # do not know our snapshots, so an old sequence must read old tables.
@@ -334,6 +348,7 @@ class Engine:
             self._synced_seq = last_seq
             self._wal: LogFile | None = None
             self._sv = sv
+            self._range_deletes = bool(sv.rts or sv.mem.range_tombstones)
             return
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
@@ -417,6 +432,7 @@ class Engine:
         self._manifest.install(manifest_number,
                                version.snapshot_edit(log_number, self._next_file, last_seq))
         self._sv = _SuperVersion(MemTable(log_number), (), version, self._tables)
+        self._range_deletes = bool(self._sv.rts)
         self._delete_obsolete(version, log_number, manifest_number)
 
     def _read_only_state(self) -> tuple[_SuperVersion, int, dict[int, Table]]:
@@ -510,11 +526,13 @@ class Engine:
                 self._last_seq = self._visible_seq = self._manifest_last_seq = last_seq
                 self._synced_seq = last_seq
                 self._tables = tables
+                self._range_deletes = self._range_deletes or bool(sv.rts
+                                                                   or sv.mem.range_tombstones)
                 self._sv = sv
                 self._stats["refreshes"] += 1
 
     def _flush_during_recovery(self, mem: MemTable) -> list[tuple[int, FileMeta]]:
-        if not len(mem):
+        if not len(mem) and not mem.range_tombstones:
             return []
         number = self._take_file_number()
         props = self._build_table(mem, number, ())
@@ -577,6 +595,29 @@ class Engine:
         k = check_key(key, self.options)
         self._write({k: None}, len(k), what="delete",
                     sync=self._default_sync if sync is None else self._sync_arg(sync))
+
+    def delete_range(self, start: Buffer, end: Buffer, *, sync: bool | None = None) -> None:
+        """Remove every key in ``[start, end)``, atomically, with one write (a range tombstone).
+
+        O(1) writes whatever the range holds: one WAL record and one entry
+        in the memtable, carried into tables by flushes and compactions,
+        honoured by every read (gets, multi_get, scans, snapshots taken
+        after it; a snapshot taken before still sees the keys) and dropped
+        with the data it covers by a full ``compact()`` once no snapshot
+        predates it. Durable like :meth:`put` (``sync=`` likewise). While
+        transactions run, every key of the range counts as written by it,
+        so a concurrent transaction that read one conflicts. ``start >= end``
+        is InvalidArgument.
+        """
+        lo = check_bound(start, "start", self.options)
+        hi = check_bound(end, "end", self.options)
+        if not lo < hi:
+            raise InvalidArgument(f"delete_range needs start < end, got {lo!r} >= {hi!r}")
+        durable = self._default_sync if sync is None else self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("delete_range")
+        self._range_deletes = True  # before the write can become visible
+        self._write({lo: RangeEnd(hi)}, len(lo) + len(hi), sync=durable, what="delete_range")
 
     def batch(self, *, sync: bool | None = None) -> BatchContext:
         """A batch to fill inside ``with``; written atomically when the block exits cleanly.
@@ -680,7 +721,7 @@ class Engine:
                     w.states.append(txn)
                     w.registered = True
                 elif ops and self._certifier.tracking:
-                    w.states.append(self._certifier.record_blind_write(ops, seq, now))
+                    w.states.append(self._record_blind_write(ops, seq, now))
                     w.registered = True
                 w.batches.append((seq, ops))
                 last = seq
@@ -750,6 +791,13 @@ class Engine:
         if error is not None:
             raise error
         return last
+
+    def _record_blind_write(self, ops: Ops, seq: int, now: float) -> TxnState:
+        """Record a write outside transactions with the certifier. Holds _mutex."""
+        rng = range_of(ops)
+        if rng is None:
+            return self._certifier.record_blind_write(ops, seq, now)
+        return self._certifier.record_blind_write((), seq, now, ranges=(rng,))
 
     def _sync_segments(self, segments: list[tuple[int, str]]) -> None:
         """Sync closed WAL segments that hold unsynced records. Group leader, no mutex.
@@ -857,6 +905,8 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine at {self.path} is closed")
         seq = self._visible_seq
+        if self._range_deletes:
+            return self._lookup_ranged(self._sv, key, seq)
         return self._lookup(self._sv, key, seq)
 
     def _sv_at(self, seq: int) -> _SuperVersion:
@@ -865,11 +915,64 @@ class Engine:
 
     def _get_at(self, key: bytes, seq: int) -> bytes | None:
         self._check_open()
+        if self._range_deletes:
+            return self._lookup_ranged(self._sv_at(seq), key, seq)
         return self._lookup(self._sv_at(seq), key, seq)
 
     def _get_many_at(self, keys: list[bytes], seq: int) -> list[bytes | None]:
         self._check_open()
-        return self._lookup_many(self._sv_at(seq), keys, seq)
+        sv = self._sv_at(seq)
+        if self._range_deletes:
+            return [self._lookup_ranged(sv, k, seq) for k in keys]
+        return self._lookup_many(sv, keys, seq)
+
+    @staticmethod
+    def _range_tombstones(sv: _SuperVersion, seq: int) -> list[tuple[bytes, bytes, int]]:
+        """The range deletions a reader at ``seq`` must honour (the live memtable's included)."""
+        return [rt for rt in (*sv.rts, *sv.mem.range_tombstones) if rt[2] <= seq]
+
+    @staticmethod
+    def _lookup_ranged(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
+        """:meth:`_lookup` honouring range deletions (a version older than one covering it is gone).
+        """
+        hit = Engine._lookup_version(sv, key, seq)
+        if hit is None or hit[1] is None:
+            return None
+        found_seq = hit[0]
+        for start, end, t in (*sv.rts, *sv.mem.range_tombstones):
+            if found_seq < t <= seq and start <= key < end:
+                return None
+        return hit[1]
+
+    @staticmethod
+    def _lookup_version(sv: _SuperVersion, key: bytes, seq: int
+                        ) -> tuple[int, bytes | None] | None:
+        """The newest version (sequence, value or None) of ``key`` visible at ``seq``."""
+        chain = sv.mem.get(key, seq)
+        if chain is not None:
+            return chain[0], chain[1]
+        for imm in sv.imms:
+            chain = imm.get(key, seq)
+            if chain is not None:
+                return chain[0], chain[1]
+        if not sv.has_tables:
+            return None
+        h, delta = key_hash(key)
+        for t in sv.l0:
+            p = t.props
+            if p.smallest <= key <= p.largest and t.may_contain(h, delta):
+                hit = t.get(key, seq)
+                if hit is not None:
+                    return hit
+        for largest, tables in sv.levels:
+            i = bisect_left(largest, key)
+            if i < len(tables):
+                t = tables[i]
+                if t.props.smallest <= key and t.may_contain(h, delta):
+                    hit = t.get(key, seq)
+                    if hit is not None:
+                        return hit
+        return None
 
     @staticmethod
     def _lookup(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
@@ -913,6 +1016,9 @@ class Engine:
         ks = check_keys(keys, self.options)
         self._check_open()
         seq = self._visible_seq
+        if self._range_deletes:
+            sv = self._sv
+            return [self._lookup_ranged(sv, k, seq) for k in ks]
         return self._lookup_many(self._sv, ks, seq)
 
     @staticmethod
@@ -999,7 +1105,9 @@ class Engine:
         sv = self._sv_at(seq)
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
-        return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open)
+        rts = self._range_tombstones(sv, seq) if self._range_deletes else []
+        return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open,
+                          rts)
 
     @staticmethod
     def _cursors(sv: _SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
@@ -1083,7 +1191,7 @@ class Engine:
                 for w in self._writers:
                     if not w.registered:
                         w.registered = True
-                        w.states += [self._certifier.record_blind_write(ops, s, now)
+                        w.states += [self._record_blind_write(ops, s, now)
                                      for s, ops in w.batches if s > seq and ops]
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
@@ -1203,11 +1311,13 @@ class Engine:
         that is all a flush writes; otherwise the compaction drop rule decides
         (tombstones are always kept: older data may sit in tables below).
         """
-        if not len(mem):
+        if not len(mem) and not mem.range_tombstones:
             return None
         entries: Iterable[Entry] = (mem.newest_entries() if not snapshots else
                                     compaction.keep_versions(mem.entries(), snapshots, False))
         builder = self._new_builder(number)
+        for start, end, seq in mem.range_tombstones:
+            builder.add_range_tombstone(start, end, seq)
         add = builder.add
         for key, negseq, value in entries:
             add(key, negseq, value)
@@ -1253,8 +1363,13 @@ class Engine:
                 number = self._take_file_number()
             return self._new_builder(number)
 
+        # Range deletions (and what they cover) may be dropped only when the
+        # compaction sees every table of the store: the data they hide may be anywhere.
+        everything = task.bottommost and {f.number for _, f in self._sv.version.files()} == {
+            f.number for f in (*task.inputs, *task.overlaps)}
         outputs = compaction.run(task, tables, snapshots, new_builder,
-                                 self.options.target_file_bytes)
+                                 self.options.target_file_bytes,
+                                 apply_range_tombstones=everything)
         if outputs:
             self._fs.sync_dir(self.path)
         new_tables = {p.number: Table(self._fs, self._table_path(p.number), p.number, self._cache)

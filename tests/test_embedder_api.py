@@ -718,3 +718,180 @@ def test_read_only_process_reads_while_a_writer_writes(tmp_path: object) -> None
     assert result["refreshes"] >= 5 and counters[-1] > counters[0]
     assert result["refused"] == ["put", "flush", "compact"]
     assert stats["compactions"] > 0 and stats["flushes"] > 2, stats
+
+
+# ---------------------------------------------------------------------- delete_range
+
+
+def _keys(db: engine.Engine) -> list[bytes]:
+    return [k for k, _ in db.scan()]
+
+
+def test_delete_range_hides_the_range_everywhere_and_survives_flush_reopen_compact(
+        fs_path: tuple[FileSystem, str]) -> None:
+    fs, path = fs_path
+    names = [b"r%03d" % i for i in range(300)]
+    db = engine.open(path, fs=fs, **SMALL)
+    for k in names:
+        db.put(k, b"v" + k)
+    db.flush()  # some in tables, some in the memtable
+    for k in names[::3]:
+        db.put(k, b"w" + k)
+    db.delete_range(b"r100", b"r200")
+    want = [k for k in names if not b"r100" <= k < b"r200"]
+
+    def check(d: engine.Engine) -> None:
+        assert _keys(d) == want
+        assert [k for k, _ in d.scan(reverse=True)] == want[::-1]
+        assert d.get(b"r150") is None and d.get(b"r099") is not None
+        assert d.get(b"r200") is not None  # end is exclusive
+        assert d.multi_get([b"r100", b"r199", b"r200"])[:2] == [None, None]
+        assert list(d.scan(prefix=b"r1")) == []
+        assert [k for k, _ in d.scan(b"r090", b"r210")] == [
+            k for k in want if b"r090" <= k < b"r210"]
+
+    check(db)
+    db.put(b"r150", b"again")  # newer than the deletion: visible
+    want = sorted([*want, b"r150"])
+    check_again = [b"r150" in _keys(db)]
+    db.close()
+    db = engine.open(path, fs=fs, **SMALL)  # the WAL replays the tombstone
+    check_again.append(db.get(b"r150") == b"again")
+    want.remove(b"r150")
+    db.delete(b"r150")
+    check(db)
+    db.flush()
+    check(db)
+    db.compact()
+    check(db)
+    props = [t.props for t in db._tables.values()]
+    assert not any(p.range_tombstones for p in props), "a full compaction drops tombstones"
+    assert sum(p.entries for p in props) == len(want)
+    db.close()
+    assert check_again == [True, True]
+
+
+def test_delete_range_is_one_write_and_atomic(db: engine.Engine) -> None:
+    for i in range(1000):
+        db.put(b"k%04d" % i, bytes(100))
+    writes, mem = db.stats()["writes"], db.stats()["memtable_bytes"]
+    db.delete_range(b"k", b"l")
+    stats = db.stats()
+    assert stats["writes"] == writes + 1 and stats["last_sequence"] == 1001
+    assert stats["memtable_bytes"] - mem < 200  # one entry, whatever the range holds
+    assert _keys(db) == []
+
+
+def test_snapshots_before_a_delete_range_keep_the_keys(fs_path: tuple[FileSystem, str]
+                                                       ) -> None:
+    """Through flush and full compaction a snapshot keeps what the deletion hides."""
+    fs, path = fs_path
+    with engine.open(path, fs=fs, **SMALL) as db:
+        for i in range(100):
+            db.put(b"k%03d" % i, b"%d" % i)
+        with db.snapshot() as snap:
+            db.delete_range(b"k010", b"k090")
+            db.flush()
+            db.compact()
+            assert len(list(snap.scan())) == 100 and snap.get(b"k050") == b"50"
+            assert snap.multi_get([b"k010", b"k089"]) == [b"10", b"89"]
+            assert len(_keys(db)) == 20 and db.get(b"k050") is None
+        assert any(t.props.range_tombstones for t in db._tables.values())
+        db.compact()  # the snapshot is gone: now the tombstone and its keys go
+        assert not any(t.props.range_tombstones for t in db._tables.values())
+        assert len(_keys(db)) == 20
+
+
+def test_delete_range_durability_follows_sync() -> None:
+    fs = MemFS()
+    db = engine.open("/db", fs=fs)
+    for i in range(10):
+        db.put(b"k%d" % i, b"v")
+    db.delete_range(b"k2", b"k5", sync=False)
+    with _after_power_cut(fs) as crashed:
+        assert len(_keys(crashed)) == 10  # the unsynced deletion is lost
+    db.delete_range(b"k7", b"k9")
+    with _after_power_cut(fs) as crashed:
+        assert _keys(crashed) == [b"k0", b"k1", b"k5", b"k6", b"k9"]
+    db.close()
+
+
+def test_delete_range_bad_input(db: engine.Engine) -> None:
+    with pytest.raises(TypeError, match="start must be bytes-like"):
+        db.delete_range("a", b"b")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="end must be bytes-like"):
+        db.delete_range(b"a", None)  # type: ignore[arg-type]
+    with pytest.raises(engine.InvalidArgument, match="start < end"):
+        db.delete_range(b"b", b"a")
+    with pytest.raises(engine.InvalidArgument, match="start < end"):
+        db.delete_range(b"a", b"a")
+    assert db.last_sequence == 0
+
+
+def test_delete_range_refused_read_only(fs_path: tuple[FileSystem, str]) -> None:
+    fs, path = fs_path
+    engine.open(path, fs=fs).close()
+    with engine.open(path, fs=fs, read_only=True) as ro, \
+            pytest.raises(engine.ReadOnlyError, match=r"^delete_range:"):
+        ro.delete_range(b"a", b"b")
+
+
+def test_read_only_view_honours_a_delete_range(fs_path: tuple[FileSystem, str]) -> None:
+    fs, path = fs_path
+    with engine.open(path, fs=fs) as db:
+        for i in range(10):
+            db.put(b"k%d" % i, b"v")
+        db.delete_range(b"k3", b"k6")
+        with engine.open(path, fs=fs, read_only=True) as ro:
+            assert _keys(ro) == [b"k0", b"k1", b"k2", b"k6", b"k7", b"k8", b"k9"]
+            assert ro.get(b"k4") is None
+
+
+def test_delete_range_conflicts_with_transactions_that_read_the_range(txn_db: engine.Engine
+                                                                      ) -> None:
+    """A transaction that read a key the deletion removed is its rw-predecessor."""
+    db = txn_db
+    for k in (b"r5", b"x"):
+        db.put(k, b"1")
+    t_in = db.begin()
+    assert t_in.get(b"x") == b"1"
+    t = db.begin()
+    assert t.get(b"r5") == b"1"
+    db.delete_range(b"r0", b"r9")  # commits first: t -rw-> it
+    t.put(b"x", b"2")  # t_in -rw-> t: t is a pivot whose out-neighbour committed first
+    with pytest.raises(engine.SerializationFailure) as info:
+        t.commit()
+    assert info.value.reason in ("dangerous_structure", "stale_read")
+    t_in.rollback()
+
+
+def test_a_transaction_writing_into_a_concurrently_deleted_range_fails(txn_db: engine.Engine
+                                                                       ) -> None:
+    db = txn_db
+    t = db.begin()
+    t.put(b"r5", b"mine")
+    db.delete_range(b"r0", b"r9")
+    with pytest.raises(engine.SerializationFailure) as info:
+        t.commit()
+    assert info.value.reason == "write_write"
+    assert db.get(b"r5") is None
+
+
+def test_format_2_stores_are_still_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store written by format version 2 (before range tombstones) opens and reads."""
+    from engine import encoding, record, sstable
+    fs = MemFS()
+    with monkeypatch.context() as m:
+        for mod in (encoding, record, sstable):
+            m.setattr(mod, "FORMAT_VERSION", 2)
+        with engine.open("/db", fs=fs, **SMALL) as db:
+            for i in range(200):
+                db.put(b"k%03d" % i, b"%d" % i)
+            db.flush()
+            db.put(b"wal", b"only")
+            db.simulate_crash()
+    with engine.open("/db", fs=fs) as db:
+        assert {t.props.format_version for t in db._tables.values()} >= {2}
+        assert db.get(b"k007") == b"7" and db.get(b"wal") == b"only"
+        db.delete_range(b"k000", b"k100")
+        assert len(_keys(db)) == 101

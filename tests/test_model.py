@@ -2,10 +2,10 @@
 
 Every run draws its own Options (tiny memtables, blocks, files and level
 targets; lz4 or not; bloom or not; sync or not), so flushes and compactions
-run constantly in the background while the rules put, delete, batch, read
-(get, multi_get), scan (ranges and prefixes), take and read snapshots,
-open a read-only view beside the writer, flush, compact, close and
-reopen, and crash.
+run constantly in the background while the rules put, delete, delete_range,
+batch, read (get, multi_get), scan (ranges and prefixes), take and read
+snapshots, open a read-only view beside the writer, flush, compact, close
+and reopen, and crash.
 
 Crashes use MemFS clones while the background threads are running, so a
 clone may capture a flush or a compaction half done:
@@ -160,6 +160,15 @@ class EngineMachine(RuleBasedStateMachine):
                 else:
                     b.put(k, v)
         self._acknowledged(dict(ops), sync)  # the last operation on a key wins
+
+    @rule(a=key_st, b=key_st, sync=sync_st)
+    def delete_range(self, a: bytes, b: bytes, sync: bool | None) -> None:
+        assert self.db is not None
+        lo, hi = min(a, b), max(a, b)
+        if lo == hi:
+            hi = lo + b"\x00"
+        self.db.delete_range(lo, hi, sync=sync)
+        self._acknowledged({k: None for k in self.model if lo <= k < hi}, sync)
 
     @rule()
     def sync(self) -> None:
