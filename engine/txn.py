@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import NoReturn, Protocol, runtime_checkable
+from typing import NoReturn, Protocol, cast
 
 from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_sync, scan_bounds
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
@@ -48,7 +48,6 @@ class TransactionBackend(Protocol):
     def rollback(self, state: TxnState) -> None: ...
 
 
-@runtime_checkable
 class BatchReadBackend(Protocol):
     """A backend that can also read many keys at once (optional; the engine's is one).
 
@@ -60,7 +59,6 @@ class BatchReadBackend(Protocol):
     def read_many(self, state: TxnState, keys: list[bytes]) -> list[bytes | None]: ...
 
 
-@runtime_checkable
 class SyncingBackend(Protocol):
     """A backend whose commits can override the store's durability (optional; the engine's).
 
@@ -134,9 +132,12 @@ class Transaction:
         got: dict[bytes, bytes | None] = {}
         if need:
             backend = self._backend
+            # hasattr, not isinstance of a runtime protocol: that costs microseconds.
+            read_many = (cast(BatchReadBackend, backend) if hasattr(backend, "read_many")
+                         else None)
             try:
-                if isinstance(backend, BatchReadBackend):
-                    values = backend.read_many(self._state, need)
+                if read_many is not None:
+                    values = read_many.read_many(self._state, need)
                 else:
                     values = [backend.read(self._state, k) for k in need]
             except SerializationFailure as exc:
@@ -189,12 +190,13 @@ class Transaction:
         self._check()
         durable = self._sync if sync is None else check_sync(sync)
         backend = self._backend
-        if durable is not None and not isinstance(backend, SyncingBackend):
+        syncing = cast(SyncingBackend, backend) if hasattr(backend, "commit_sync") else None
+        if durable is not None and syncing is None:
             raise InvalidArgument("this store's transactions take no sync=: their "
                                   "durability comes from the replication log")
         self._done = True
-        if isinstance(backend, SyncingBackend):
-            self.sequence = backend.commit_sync(self._state, self._writes,
+        if syncing is not None:
+            self.sequence = syncing.commit_sync(self._state, self._writes,
                                                 self._batch.byte_size, durable)
         else:
             self.sequence = backend.commit(self._state, self._writes, self._batch.byte_size)
