@@ -79,7 +79,7 @@ from engine.batch import (
     scan_bounds,
 )
 from engine.block import Block
-from engine.bloom import key_hash
+from engine.bloom import key_hash, key_hashes
 from engine.cache import LRUCache
 from engine.encoding import FileKind, file_name, parse_file_name
 from engine.errors import (
@@ -1049,7 +1049,7 @@ class Engine:
                     found[k] = chain[1]
             pending = rest
         if pending and sv.has_tables:
-            hashes = [key_hash(k) for k in pending]
+            hashes = key_hashes(pending)
             for t in sv.l0:
                 p = t.props
                 lo = bisect_left(pending, p.smallest)

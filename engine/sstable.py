@@ -389,17 +389,15 @@ class Table:
         """
         index = self._index_keys
         n = len(index)
-        may = self.may_contain
         cache_get = self._cache.get
         base = self._cache_base
         bi = -1
         i = 0
         blk: Block | None = None
         hit_any = False
-        for x in range(start, stop):
-            h, delta = hashes[x]
-            if not may(h, delta):
-                continue
+        candidates = (self._filter.passing(hashes, start, stop) if self._filter is not None
+                      else range(start, stop))
+        for x in candidates:
             key = keys[x]
             i = bisect_left(index, key, i)
             if i == n:

@@ -895,3 +895,18 @@ def test_format_2_stores_are_still_read(monkeypatch: pytest.MonkeyPatch) -> None
         assert db.get(b"k007") == b"7" and db.get(b"wal") == b"only"
         db.delete_range(b"k000", b"k100")
         assert len(_keys(db)) == 101
+
+
+def test_filter_passing_agrees_with_may_contain() -> None:
+    """multi_get's batched filter probe is may_contain's, blocked and version-1 layouts."""
+    from engine.bloom import BloomFilter, build_filter, key_hash, key_hashes
+    from tests.test_sstable import _v1_filter
+    present = [b"p%05d" % i for i in range(3000)]
+    probe = present[::7] + [b"a%05d" % i for i in range(3000)]
+    hashes = key_hashes(probe)
+    assert hashes == [key_hash(k) for k in probe]
+    for flt in (BloomFilter(build_filter(key_hashes(present), 10)),
+                BloomFilter(_v1_filter(key_hashes(present), 10), blocked=False)):
+        want = [i for i in range(10, len(probe) - 5) if flt.may_contain(*hashes[i])]
+        assert flt.passing(hashes, 10, len(probe) - 5) == want
+        assert set(range(10, len(present[::7]))) <= set(want)  # no false negatives
