@@ -1,9 +1,10 @@
 """The systems under test, behind one small interface so every workload runs on each.
 
 :class:`System` is what a workload sees: ``put``, ``put_many`` (one atomic
-batch), ``get``, ``scan`` (up to ``n`` pairs from ``start``), ``close``. A
-system is opened per workload in a fresh directory, ``durable=True`` meaning
-"a write is on stable storage when it returns" -- ``sync="always"`` for
+batch), ``get``, ``get_many`` (the system's best batched read), ``scan`` (up
+to ``n`` pairs from ``start``), ``close``. A system is opened per workload
+in a fresh directory, ``durable=True`` meaning "a write is on stable
+storage when it returns" -- ``sync="always"`` for
 stratakv, ``synchronous=FULL`` for sqlite3, ``sync=True`` for lmdb and
 RocksDB -- and ``durable=False`` meaning each system's bulk-load setting.
 
@@ -48,6 +49,11 @@ class System(ABC):
     @abstractmethod
     def scan(self, start: bytes, n: int) -> list[tuple[bytes, bytes]]: ...
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """The values of ``keys`` in order: the system's best batched read (default: a loop)."""
+        get = self.get
+        return [get(k) for k in keys]
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -88,6 +94,9 @@ class Strata(System):
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self.db.multi_get(keys)
 
     def scan(self, start: bytes, n: int) -> list[tuple[bytes, bytes]]:
         out = []
@@ -153,6 +162,12 @@ class Sqlite(System):
         return self._conn().execute(
             "SELECT k, v FROM kv WHERE k >= ? ORDER BY k LIMIT ?", (start, n)).fetchall()
 
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """One ``SELECT ... WHERE k IN (?, ..., ?)`` (sqlite's limit is 32,766 variables)."""
+        marks = ",".join("?" * len(keys))
+        rows = dict(self._conn().execute(f"SELECT k, v FROM kv WHERE k IN ({marks})", keys))
+        return [rows.get(k) for k in keys]
+
     def settle(self) -> None:
         self._conn().execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -188,6 +203,12 @@ class Lmdb(System):
         with self.env.begin() as txn:
             v = txn.get(key)
             return None if v is None else bytes(v)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """All keys in one read transaction."""
+        with self.env.begin() as txn:
+            get = txn.get
+            return [None if (v := get(k)) is None else bytes(v) for k in keys]
 
     def scan(self, start: bytes, n: int) -> list[tuple[bytes, bytes]]:
         out = []
@@ -234,6 +255,10 @@ class RocksDict(System):
 
     def get(self, key: bytes) -> bytes | None:
         return self.db.get(key)  # type: ignore[no-any-return]
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        """rocksdict's ``get(list)``: RocksDB's MultiGet."""
+        return self.db.get(keys)  # type: ignore[no-any-return]
 
     def scan(self, start: bytes, n: int) -> list[tuple[bytes, bytes]]:
         out = []

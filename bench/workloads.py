@@ -310,6 +310,50 @@ def scan100(make: MakeSystem, cfg: Config) -> Measurement:
                        extra={"scans": len(starts), "scans_per_s": len(starts) / seconds})
 
 
+def multiget100(make: MakeSystem, cfg: Config) -> Measurement:
+    """Batched reads of 100 random present keys a call, after reopen; beside a loop of get.
+
+    Each system uses its best batched read (``System.get_many``): stratakv's
+    ``multi_get``, sqlite3's ``SELECT ... WHERE k IN (100 keys)``, RocksDB's
+    MultiGet through rocksdict's ``get(list)``, lmdb's gets in one read
+    transaction. ``extra["loop_keys_per_s"]`` is a loop of ``get`` over other
+    batches of the same shape, timed call by call interleaved with the
+    batched reads, so both see the same cache state.
+    """
+    sysm = _loaded(make, cfg)
+    rng = random.Random(cfg.seed + 5)
+    calls = cfg.n(1_000)
+
+    def batches() -> list[list[bytes]]:
+        return [[key(rng.randrange(cfg.keys)) for _ in range(100)] for _ in range(calls)]
+
+    warm, timed, looped = batches()[: calls // 10], batches(), batches()
+    get_many, get = sysm.get_many, sysm.get
+    for b in warm:
+        get_many(b)
+    lat: list[float] = []
+    seconds = loop_seconds = 0.0
+    for b, other in zip(timed, looped, strict=True):  # interleaved: the same cache state
+        t = time.perf_counter()
+        get_many(b)
+        t2 = time.perf_counter()
+        for k in other:
+            get(k)
+        loop_seconds += time.perf_counter() - t2
+        seconds += t2 - t
+        lat.append((t2 - t) * 1e6)
+    check = timed[0]
+    found = get_many(check)
+    if found != [get(k) for k in check] or None in found:
+        raise RuntimeError("multiget100: get_many disagrees with get, or missed a present key")
+    sysm.close()
+    keys_read = 100 * calls
+    return Measurement(ops=keys_read, seconds=seconds, latencies_us=lat,
+                       extra={"calls": calls, "calls_per_s": calls / seconds,
+                              "loop_keys_per_s": keys_read / loop_seconds,
+                              "vs_loop_of_get": loop_seconds / seconds})
+
+
 def _extra_workloads() -> list[Workload]:
     """Workloads defined in modules that import this one (YCSB, cluster, transactions)."""
     from bench.cluster_bench import cluster_failover, cluster_get, cluster_put
@@ -355,6 +399,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("readmissing", "random gets of absent keys after load and reopen", readmissing),
         Workload("scan100", "100-key range scans from random keys, after reopen", scan100,
                  unit="keys/s"),
+        Workload("multiget100", "batched gets of 100 random present keys a call, after "
+                                "reopen (multi_get; sqlite3 IN (...); RocksDB MultiGet)",
+                 multiget100, unit="keys/s"),
         *_extra_workloads(),
     ]
 }

@@ -24,6 +24,7 @@ from engine.errors import (
     CorruptionError,
     EngineError,
     InvalidArgument,
+    ReadOnlyError,
     SerializationFailure,
     StorageError,
     TransactionClosed,
@@ -43,6 +44,7 @@ __all__ = [
     "MemFS",
     "OSFileSystem",
     "Options",
+    "ReadOnlyError",
     "SerializationFailure",
     "Snapshot",
     "StorageError",
@@ -65,10 +67,16 @@ def _version() -> str:
 __version__ = _version()
 
 
-def open(path: str, *, fs: FileSystem | None = None, **options: Any) -> Engine:
+def open(path: str, *, fs: FileSystem | None = None, read_only: bool = False,
+         **options: Any) -> Engine:
     """Open (creating if needed) the store in directory ``path``.
 
     Keyword arguments are :class:`Options` fields, e.g. ``sync="none"``;
     ``fs`` substitutes a file system (``MemFS()`` for tests).
+    ``read_only=True`` opens an existing store for reading only, even while
+    another process has it open for writing (RocksDB's ``OpenForReadOnly``):
+    a consistent view as of the open, refreshed by ``refresh()``; it writes
+    no file and takes no lock, and every write call raises
+    :class:`ReadOnlyError`.
     """
-    return Engine(path, Options(**options), fs)
+    return Engine(path, Options(**options), fs, read_only=read_only)

@@ -4,29 +4,62 @@ Grammar of an encoded batch body (little-endian; see FORMAT.md)::
 
     ops    := count:u32 op{count}
     op     := kind:u8 key_len:u32 value_len:u32 key[key_len] value[value_len]
-    kind   := DELETE=0 | PUT=1               # a DELETE has value_len = 0
+    kind   := DELETE=0 | PUT=1 | RANGE_DELETE=2   # a DELETE has value_len = 0
     batch  := sequence:u64 ops               # as stored in a WAL write group
 
 A batch holds at most one operation per key (the last one wins), so all of
-its operations can share one sequence number. Pure module: no I/O, no locks.
+its operations can share one sequence number. A range deletion
+(``Engine.delete_range``) is a batch of one RANGE_DELETE op whose key is the
+range's start and whose value its end; in memory its ops are
+``{start: RangeEnd(end)}`` (:class:`RangeEnd` marks the value). Pure module:
+no I/O, no locks.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 from engine.encoding import Kind
 from engine.errors import CorruptionError, InvalidArgument
 from engine.options import Options
 
-__all__ = ["WriteBatch", "check_key", "check_value", "decode_ops", "encode_ops"]
+__all__ = [
+    "RangeEnd",
+    "WriteBatch",
+    "check_bound",
+    "check_key",
+    "check_keys",
+    "check_sync",
+    "check_value",
+    "decode_ops",
+    "encode_ops",
+    "prefix_bounds",
+    "range_of",
+    "scan_bounds",
+]
 
 _OP = struct.Struct("<BII")
 _COUNT = struct.Struct("<I")
 _SEQ = struct.Struct("<Q")
 
 Buffer = bytes | bytearray | memoryview
+
+
+class RangeEnd(bytes):
+    """The value of a range deletion's only op: the exclusive end of ``[start, end)``."""
+
+    __slots__ = ()
+
+
+def range_of(ops: dict[bytes, bytes | None]) -> tuple[bytes, bytes] | None:
+    """``(start, end)`` if ``ops`` is a range deletion, else None."""
+    if len(ops) == 1:
+        ((start, end),) = ops.items()
+        if type(end) is RangeEnd:
+            return start, end
+    return None
 
 
 def _as_bytes(obj: object, what: str) -> bytes:
@@ -45,6 +78,81 @@ def check_key(key: object, options: Options) -> bytes:
             f"key of {len(k)} bytes exceeds max_key_bytes={options.max_key_bytes}"
         )
     return k
+
+
+def check_bound(obj: object, what: str, options: Options) -> bytes:
+    """A range bound (``delete_range``'s start or end) checked like a key, naming ``what``."""
+    b = _as_bytes(obj, what)
+    if len(b) > options.max_key_bytes:
+        raise InvalidArgument(
+            f"{what} of {len(b)} bytes exceeds max_key_bytes={options.max_key_bytes}")
+    return b
+
+
+def check_keys(keys: object, options: Options) -> list[bytes]:
+    """Return the keys of the iterable ``keys`` as a list of bytes (``multi_get``).
+
+    Each key is checked like ``check_key``; a bad one raises TypeError or
+    InvalidArgument naming its position (``keys[3]``). A single bytes or str
+    object is refused rather than read as a sequence of ints or characters.
+    """
+    if isinstance(keys, (bytes, bytearray, memoryview, str)):
+        raise TypeError(f"keys must be an iterable of keys, got a single {type(keys).__name__}")
+    try:
+        items: list[Any] = list(keys)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"keys must be an iterable of keys, got {type(keys).__name__}") from None
+    limit = options.max_key_bytes
+    for i, k in enumerate(items):
+        if type(k) is not bytes:
+            if not isinstance(k, (bytearray, memoryview)):
+                raise TypeError(f"keys[{i}] must be bytes-like, got {type(k).__name__}")
+            k = items[i] = bytes(k)
+        if len(k) > limit:
+            raise InvalidArgument(f"keys[{i}] of {len(k)} bytes exceeds max_key_bytes={limit}")
+    return items
+
+
+def check_sync(sync: object) -> bool | None:
+    """Return a per-write ``sync=`` argument (True, False or None for the store's default)."""
+    if sync is not None and type(sync) is not bool:
+        raise TypeError(f"sync must be True, False or None, got {type(sync).__name__}")
+    return sync
+
+
+def prefix_bounds(prefix: bytes) -> tuple[bytes, bytes | None]:
+    """The key range ``[lo, hi)`` holding exactly the keys that start with ``prefix``.
+
+    ``hi`` is the shortest key greater than every key with the prefix: the
+    prefix with trailing 0xff bytes dropped and its last byte incremented.
+    A prefix of only 0xff bytes (or the empty prefix) has no such key:
+    ``hi`` is None, no upper bound.
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return prefix, None
+    return prefix, stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def scan_bounds(start: object, end: object, prefix: object, options: Options
+                ) -> tuple[bytes | None, bytes | None]:
+    """The checked ``[lo, hi)`` of a scan given by ``start``/``end`` or by ``prefix``.
+
+    Mixing ``prefix`` with ``start`` or ``end`` is ambiguous and raises
+    InvalidArgument; a prefix that is not bytes-like is a TypeError naming
+    ``prefix``. See :func:`prefix_bounds` for the prefix's range.
+    """
+    if prefix is not None:
+        if start is not None or end is not None:
+            raise InvalidArgument("scan: give either prefix or start/end, not both")
+        p = _as_bytes(prefix, "prefix")
+        if len(p) > options.max_key_bytes:
+            raise InvalidArgument(
+                f"prefix of {len(p)} bytes exceeds max_key_bytes={options.max_key_bytes}")
+        return prefix_bounds(p)
+    lo = None if start is None else check_key(start, options)
+    hi = None if end is None else check_key(end, options)
+    return lo, hi
 
 
 def check_value(value: object, options: Options) -> bytes:
@@ -67,10 +175,15 @@ def encode_ops(ops: dict[bytes, bytes | None]) -> bytes:
             append(pack(Kind.DELETE, len(key), 0))
             append(key)
         else:
-            append(pack(Kind.PUT, len(key), len(value)))
+            append(pack(Kind.PUT if type(value) is bytes else _value_kind(value),
+                        len(key), len(value)))
             append(key)
             append(value)
     return b"".join(parts)
+
+
+def _value_kind(value: bytes) -> Kind:
+    return Kind.RANGE_DELETE if type(value) is RangeEnd else Kind.PUT
 
 
 def decode_ops(
@@ -96,6 +209,9 @@ def decode_ops(
                 pos += vlen
             elif kind == Kind.DELETE and vlen == 0:
                 ops[key] = None
+            elif kind == Kind.RANGE_DELETE and count == 1:
+                ops[key] = RangeEnd(data[pos : pos + vlen])
+                pos += vlen
             else:
                 raise CorruptionError(path, base + pos, f"bad operation kind {kind}/{vlen}")
             if pos > n:
@@ -169,6 +285,8 @@ class WriteBatch:
         ops, end = decode_ops(data)
         if end != len(data):
             raise CorruptionError("<batch>", end, "trailing bytes after batch")
+        if range_of(ops) is not None:
+            raise CorruptionError("<batch>", 0, "a write batch cannot hold a range deletion")
         batch = cls(options)
         for key, value in ops.items():
             batch._account(key, value)

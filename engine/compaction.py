@@ -162,8 +162,21 @@ def run(
     snapshots: Sequence[int],
     new_builder: Callable[[], TableBuilder],
     target_file_bytes: int,
+    apply_range_tombstones: bool = False,
 ) -> list[TableProperties]:
-    """Merge the inputs of ``task`` into new tables; return their properties, in key order."""
+    """Merge the task's inputs into new tables; return their properties, in key order.
+
+    Range tombstones of the inputs are carried into the first output (a
+    table of only tombstones if nothing else is left). With
+    ``apply_range_tombstones`` -- the caller's promise that the inputs are
+    every table of the store, at the bottom -- a tombstone no snapshot
+    predates is dropped together with the older versions it covers.
+    """
+    rts = sorted(rt for f in (*task.inputs, *task.overlaps)
+                 for rt in tables[f.number].props.range_tombstones)
+    oldest = snapshots[0] if snapshots else None
+    applied = [rt for rt in rts if apply_range_tombstones and (oldest is None or oldest >= rt[2])]
+    carried = [rt for rt in rts if rt not in applied]
     cursors: list[Cursor]
     if task.level == 0:
         cursors = [tables[f.number].cursor(None, None, False) for f in task.inputs]
@@ -173,14 +186,26 @@ def run(
         cursors.append(LevelCursor([tables[f.number] for f in task.overlaps], None, None, False))
     outputs: list[TableProperties] = []
     builder: TableBuilder | None = None
+
+    def first_builder() -> TableBuilder:
+        b = new_builder()
+        for start, end, seq in carried:
+            b.add_range_tombstone(start, end, seq)
+        return b
+
     for chunk in merged_chunks(cursors, reverse=False):
+        if applied:
+            chunk = [e for e in chunk
+                     if not any(s <= e[0] < end and -e[1] < t for s, end, t in applied)]
         for key, negseq, value in keep_versions(chunk, snapshots, task.bottommost):
             if builder is None:
-                builder = new_builder()
+                builder = first_builder() if not outputs else new_builder()
             elif builder.file_size_estimate >= target_file_bytes and key != builder.last_key:
                 outputs.append(builder.finish())
                 builder = new_builder()
             builder.add(key, negseq, value)
+    if builder is None and carried and not outputs:
+        builder = first_builder()
     if builder is not None:
         outputs.append(builder.finish())
     return outputs

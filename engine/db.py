@@ -25,17 +25,32 @@ Threads and locks:
   immutable bundle of memtable, immutable memtables and tables), in that
   order, and filter by sequence -- every entry with a sequence <= the
   visible one is in that bundle, and a batch is either wholly visible or not.
+* A read-only engine (``read_only=True``) has no threads, WAL, manifest
+  writer or LOCK: ``refresh()`` loads a new view under ``_refresh_lock`` and
+  publishes ``_visible_seq`` *before* ``_sv`` (a reader between the two sees
+  the older view at the newer sequence: the older state, consistently).
+  Snapshots and transactions pin the view they began in (``_ro_svs``), as
+  the writer's compactions know nothing of them.
 
 Invariants:
 
 1. Sequences are allocated in queue order, under ``_mutex``; WAL order,
    memtable order and visibility order equal allocation order.
 2. A write is acknowledged only after its WAL record was written (and synced
-   with ``sync="always"``).
+   if it asked for it: ``sync=True``, or the default ``sync="always"``). A
+   group holding any such write is synced as a whole; before a synced
+   group, closed WAL segments still holding unsynced records
+   (``_unsynced_wals``) are synced first, so a durable write always has a
+   durable past (``_synced_seq`` is the last durable sequence).
 3. A WAL segment is deleted only after the manifest durably records a table
    holding all of its batches (``log_number`` moved past it).
 4. A table file is deleted only after the manifest no longer references it;
    readers holding an old version keep its open file.
+5. A range tombstone (``delete_range``) hides, at every sequence >= its own,
+   every older version of its keys in every source; reads honour the
+   tombstones of the whole superversion once ``_range_deletes`` is set, and
+   only a compaction of every table into the bottom level may drop one (with
+   the versions it hides), once no snapshot predates it.
 """
 
 from __future__ import annotations
@@ -44,16 +59,27 @@ import logging
 import random
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from engine import compaction
-from engine.batch import Buffer, WriteBatch, check_key, check_value
+from engine.batch import (
+    Buffer,
+    RangeEnd,
+    WriteBatch,
+    check_bound,
+    check_key,
+    check_keys,
+    check_sync,
+    check_value,
+    range_of,
+    scan_bounds,
+)
 from engine.block import Block
-from engine.bloom import key_hash
+from engine.bloom import key_hash, key_hashes
 from engine.cache import LRUCache
 from engine.encoding import CLUSTER_DESCRIPTOR, FileKind, file_name, parse_file_name
 from engine.errors import (
@@ -61,6 +87,7 @@ from engine.errors import (
     CorruptionError,
     EngineError,
     InvalidArgument,
+    ReadOnlyError,
     SerializationFailure,
     StorageError,
 )
@@ -92,22 +119,28 @@ STATS_COUNTERS = (
 _ROLLBACK_REASONS = ("rollback", "refused", "storage_error")
 
 _MAX_GROUP_BYTES = 1 << 20
+_READ_ONLY_ATTEMPTS = 20
 _MAX_MANIFEST_BYTES = 4 << 20
 
 
 Ops = dict[bytes, bytes | None]
 
 
+class _StoreChanged(Exception):
+    """A read-only load raced with the writer; load again."""
+
+
 class _Writer:
     """A queued write: one or more (sequence, ops) batches, and the certifier states to settle."""
 
-    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states")
+    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states", "sync")
 
     def __init__(self, batches: list[tuple[int, Ops]], nbytes: int,
-                 cv: threading.Condition) -> None:
+                 cv: threading.Condition, sync: bool) -> None:
         self.batches = batches
         self.nbytes = nbytes
         self.cv = cv
+        self.sync = sync  # the group that writes this one must fsync
         self.states: list[TxnState] = []
         self.registered = False  # recorded with the certifier (as a transaction or blind write)
         self.done = False
@@ -117,7 +150,7 @@ class _Writer:
 class _SuperVersion:
     """What a reader needs, swapped atomically: memtables plus tables by level."""
 
-    __slots__ = ("has_tables", "imms", "l0", "levels", "mem", "version")
+    __slots__ = ("has_tables", "imms", "l0", "levels", "mem", "rts", "version")
 
     def __init__(self, mem: MemTable, imms: tuple[MemTable, ...], version: Version,
                  tables: dict[int, Table]) -> None:
@@ -131,6 +164,9 @@ class _SuperVersion:
             if files
         )
         self.has_tables = bool(self.l0 or self.levels)
+        # Range deletions of the frozen sources (the live memtable's are read live).
+        self.rts = tuple(rt for imm in imms for rt in imm.range_tombstones) + tuple(
+            rt for _, f in version.files() for rt in tables[f.number].props.range_tombstones)
 
 
 def _meta(p: TableProperties) -> FileMeta:
@@ -158,6 +194,14 @@ class _LocalTransactions:
             e._certifier.on_read(state, key, time.monotonic())
         return e._get_at(key, state.snapshot)
 
+    def read_many(self, state: TxnState, keys: list[bytes]) -> list[bytes | None]:
+        e = self._engine
+        with e._mutex:
+            now = time.monotonic()
+            for key in keys:
+                e._certifier.on_read(state, key, now)
+        return e._get_many_at(keys, state.snapshot)
+
     def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
              ) -> Iterator[tuple[bytes, bytes]]:
         e = self._engine
@@ -167,10 +211,16 @@ class _LocalTransactions:
 
     def commit(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int
                ) -> int | None:
+        return self.commit_sync(state, ops, nbytes, None)
+
+    def commit_sync(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int,
+                    sync: bool | None) -> int | None:
+        """:meth:`commit` with a per-commit ``sync=`` (None: the store's default)."""
         e = self._engine
         try:
             if ops:
-                return e._write(ops, nbytes, txn=state)
+                durable = e._default_sync if sync is None else e._sync_arg(sync)
+                return e._write(ops, nbytes, txn=state, sync=durable, what="commit")
             with e._mutex:
                 e._certifier.certify(state, (), None, time.monotonic())
                 e._certifier.committed(state)
@@ -209,10 +259,19 @@ class Snapshot:
         self._check()
         return self._engine._get_at(check_key(key, self._engine.options), self.sequence)
 
-    def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+    def multi_get(self, keys: Iterable[Buffer]) -> list[bytes | None]:
+        """The values of ``keys`` in this snapshot, in order (see :meth:`Engine.multi_get`)."""
+        ks = check_keys(keys, self._engine.options)
         self._check()
-        return self._engine._scan_at(start, end, reverse, self.sequence)
+        return self._engine._get_many_at(ks, self.sequence)
+
+    def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
+        """The snapshot's pairs in ``[start, end)`` or with ``prefix`` (see :meth:`Engine.scan`)."""
+        lo, hi = scan_bounds(start, end, prefix, self._engine.options)
+        self._check()
+        return self._engine._scan_at(lo, hi, reverse, self.sequence)
 
     def release(self) -> None:
         if not self._released:
@@ -233,11 +292,12 @@ class Snapshot:
 class BatchContext(WriteBatch):
     """``with db.batch() as b:`` -- a WriteBatch written atomically on clean exit."""
 
-    __slots__ = ("_engine",)
+    __slots__ = ("_engine", "_sync")
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, sync: bool | None = None) -> None:
         super().__init__(engine.options)
         self._engine = engine
+        self._sync = sync
 
     def __enter__(self) -> BatchContext:
         return self
@@ -245,14 +305,16 @@ class BatchContext(WriteBatch):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if exc_type is None:
-            self._engine.write(self)
+            self._engine.write(self, sync=self._sync)
 
 
 class Engine:
     """An embedded LSM key-value store in one directory. Thread-safe."""
 
     def __init__(self, path: str, options: Options | None = None,
-                 fs: FileSystem | None = None) -> None:
+                 fs: FileSystem | None = None, *, read_only: bool = False) -> None:
+        if type(read_only) is not bool:
+            raise TypeError(f"read_only must be True or False, got {type(read_only).__name__}")
         self.options = (options or Options()).validate()
         self.path = path
         self._fs = fs or OSFileSystem()
@@ -273,10 +335,32 @@ class Engine:
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._default_sync = self.options.sync == "always"
+        # Closed WAL segments holding records written without a sync: a synced
+        # write syncs them first, so that it never survives a crash that
+        # loses an earlier write (a durable write implies a durable prefix).
+        self._unsynced_wals: list[tuple[int, str]] = []
         self._transactions = _LocalTransactions(self)
         if self._fs.exists(self._fs.join(path, CLUSTER_DESCRIPTOR)):
             raise InvalidArgument(f"{path} holds a replicated cluster, not an engine store: "
                                   f"open it with replication.open")
+        self._read_only = read_only
+        # True once the store may hold a range deletion: reads then take the
+        # slower path that honours them (recomputed on open).
+        self._range_deletes = False
+        # Read-only engines: the superversion each pinned sequence (snapshot,
+        # transaction) reads, kept across refresh() -- the writer's compactions
+        # do not know our snapshots, so an old sequence must read old tables.
+        self._ro_svs: dict[int, _SuperVersion] = {}
+        self._refresh_lock = threading.Lock()
+        if read_only:
+            sv, last_seq, self._tables = self._read_only_state()
+            self._last_seq = self._visible_seq = self._manifest_last_seq = last_seq
+            self._synced_seq = last_seq
+            self._wal: LogFile | None = None
+            self._sv = sv
+            self._range_deletes = bool(sv.rts or sv.mem.range_tombstones)
+            return
         self._fs.mkdirs(path)
         self._lock = self._fs.lock(self._fs.join(path, "LOCK"))
         try:
@@ -320,11 +404,15 @@ class Engine:
                       if kind is FileKind.WAL and num >= state.log_number)
         edit_added: list[tuple[int, FileMeta]] = []
         mem = MemTable(0)
-        for i, number in enumerate(wals):
-            wal_path = fs.join(path, file_name(FileKind.WAL, number))
-            batches, scan = replay(fs, wal_path)
+        replayed = [(p, *replay(fs, p))
+                    for p in (fs.join(path, file_name(FileKind.WAL, n)) for n in wals)]
+        for i, (wal_path, batches, scan) in enumerate(replayed):
             if scan.torn is not None:
-                if i != len(wals) - 1:
+                # A torn tail is expected only in the newest segment -- or in an
+                # older one whose unsynced records (sync=False) a power cut tore
+                # before anything reached the segments after it: a synced write
+                # there would have synced this segment first.
+                if any(later for _, later, _ in replayed[i + 1:]):
                     raise CorruptionError(wal_path, scan.valid_end,
                                           f"{scan.torn} in a WAL segment that is not the newest")
                 log.warning("%s: cutting torn tail at offset %d (%s)", wal_path,
@@ -347,6 +435,7 @@ class Engine:
             version = version.apply(VersionEdit(added=tuple(edit_added)))
         self._last_seq = self._visible_seq = last_seq
         self._manifest_last_seq = last_seq
+        self._synced_seq = last_seq  # every write up to here is on stable storage
         log_number = self._log_number = self._take_file_number()
         self._wal = LogFile(fs, path, FileKind.WAL, log_number) if opts.wal else None
         self._manifest = Manifest(fs, path)
@@ -354,10 +443,107 @@ class Engine:
         self._manifest.install(manifest_number,
                                version.snapshot_edit(log_number, self._next_file, last_seq))
         self._sv = _SuperVersion(MemTable(log_number), (), version, self._tables)
+        self._range_deletes = bool(self._sv.rts)
         self._delete_obsolete(version, log_number, manifest_number)
 
+    def _read_only_state(self) -> tuple[_SuperVersion, int, dict[int, Table]]:
+        """The store as its files say now, read without writing anything (read-only open).
+
+        A writer may be flushing, compacting or rotating the manifest while
+        we read: a file that vanished under us or a log that moved on means
+        "read again" (a few times, briefly backing off), not an error.
+        """
+        last: BaseException | None = None
+        for attempt in range(_READ_ONLY_ATTEMPTS):
+            try:
+                return self._read_only_state_once()
+            except (CorruptionError, FileNotFoundError, _StoreChanged) as exc:
+                last = exc
+                log.debug("%s: read-only load attempt %d: %s", self.path, attempt + 1, exc)
+                time.sleep(0.002 * (attempt + 1))
+        if isinstance(last, _StoreChanged):
+            raise StorageError(f"{self.path}: the store kept changing during "
+                               f"{_READ_ONLY_ATTEMPTS} attempts to read it") from last
+        if last is None:  # pragma: no cover - the loop runs at least once
+            raise StorageError(f"{self.path}: could not be read")
+        raise last
+
+    def _read_only_state_once(self) -> tuple[_SuperVersion, int, dict[int, Table]]:
+        """One attempt of :meth:`_read_only_state`: manifest, tables, then WAL into memory.
+
+        WAL segments are deleted only after the manifest moved its log
+        number past them, so reading the manifest again afterwards and
+        finding the same log number proves no segment we needed was deleted
+        while we read. A torn tail is ignored in memory (the writer may be
+        appending that record right now) and the file left as it is.
+        """
+        fs, path, opts = self._fs, self.path, self.options
+        if not fs.exists(fs.join(path, CURRENT)):
+            raise InvalidArgument(f"no store at {path} to open read-only (no {CURRENT} file)")
+        state = Manifest.recover(fs, path, opts.num_levels)
+        known = self._tables
+        tables: dict[int, Table] = {}
+        try:
+            for _, f in state.version.files():
+                t = known.get(f.number)  # tables are immutable: an open one is reused
+                tables[f.number] = t if t is not None else self._open_table(f)
+            wals = sorted(num for kind, num in filter(None, map(parse_file_name,
+                                                                fs.listdir(path)))
+                          if kind is FileKind.WAL and num >= state.log_number)
+            replayed = [(p, *replay(fs, p))
+                        for p in (fs.join(path, file_name(FileKind.WAL, n)) for n in wals)]
+            if Manifest.recover(fs, path, opts.num_levels).log_number != state.log_number:
+                raise _StoreChanged("a flush moved the log number while we read")
+        except BaseException:
+            for number, t in tables.items():
+                if number not in known:
+                    t.close()
+            raise
+        mem = MemTable(state.log_number)
+        last_seq = state.last_sequence
+        for i, (wal_path, batches, scan) in enumerate(replayed):
+            if scan.torn is not None and any(later for _, later, _ in replayed[i + 1:]):
+                raise CorruptionError(wal_path, scan.valid_end,
+                                      f"{scan.torn} in a WAL segment that is not the newest")
+            for seq, ops in batches:
+                if seq <= last_seq:
+                    raise CorruptionError(wal_path, None,
+                                          f"sequence {seq} does not follow {last_seq}")
+                mem.add(seq, ops)
+                last_seq = seq
+        return _SuperVersion(mem, (), state.version, tables), last_seq, tables
+
+    def refresh(self) -> None:
+        """Catch a read-only engine up with what the writer has handed to the OS.
+
+        Re-reads the manifest, opens new tables and replays the WAL into a
+        new memtable, then switches to the new view; snapshots and
+        transactions already open keep reading the view they started with.
+        Tables the writer has deleted since stay readable through the file
+        descriptors held open for older views until those are released
+        (POSIX unlink semantics). Only for engines opened ``read_only=True``.
+        """
+        if not self._read_only:
+            raise InvalidArgument("refresh() is for engines opened read_only=True; a writable "
+                                  "engine always reads its latest state")
+        self._check_open()
+        with self._refresh_lock:
+            sv, last_seq, tables = self._read_only_state()
+            with self._mutex:
+                self._check_open()
+                # Sequence first, then tables: a lock-free reader between the two
+                # reads the newer sequence in the older view -- the older state,
+                # consistently -- never an old sequence in tables compacted since.
+                self._last_seq = self._visible_seq = self._manifest_last_seq = last_seq
+                self._synced_seq = last_seq
+                self._tables = tables
+                self._range_deletes = self._range_deletes or bool(sv.rts
+                                                                   or sv.mem.range_tombstones)
+                self._sv = sv
+                self._stats["refreshes"] += 1
+
     def _flush_during_recovery(self, mem: MemTable) -> list[tuple[int, FileMeta]]:
-        if not len(mem):
+        if not len(mem) and not mem.range_tombstones:
             return []
         number = self._take_file_number()
         props = self._build_table(mem, number, ())
@@ -402,28 +588,91 @@ class Engine:
 
     # ------------------------------------------------------------------ writes
 
-    def put(self, key: Buffer, value: Buffer) -> None:
-        """Set ``key`` to ``value``; durable when it returns (per ``Options.sync``)."""
+    def put(self, key: Buffer, value: Buffer, *, sync: bool | None = None) -> None:
+        """Set ``key`` to ``value``; durable when it returns (per ``Options.sync``).
+
+        ``sync=True`` makes this write durable (fdatasync) before returning
+        whatever the store's default, and with it every write acknowledged
+        before it; ``sync=False`` only hands it to the OS (it survives
+        ``kill -9``, maybe not a power cut). None: the store's ``sync`` option.
+        """
         k = check_key(key, self.options)
         v = check_value(value, self.options)
-        self._write({k: v}, len(k) + len(v))
+        self._write({k: v}, len(k) + len(v), what="put",
+                    sync=self._default_sync if sync is None else self._sync_arg(sync))
 
-    def delete(self, key: Buffer) -> None:
-        """Remove ``key`` (a no-op if absent); durable when it returns."""
+    def delete(self, key: Buffer, *, sync: bool | None = None) -> None:
+        """Remove ``key`` (a no-op if absent); durable when it returns (``sync=`` as in put)."""
         k = check_key(key, self.options)
-        self._write({k: None}, len(k))
+        self._write({k: None}, len(k), what="delete",
+                    sync=self._default_sync if sync is None else self._sync_arg(sync))
 
-    def batch(self) -> BatchContext:
-        """A batch to fill inside ``with``; written atomically when the block exits cleanly."""
+    def delete_range(self, start: Buffer, end: Buffer, *, sync: bool | None = None) -> None:
+        """Remove every key in ``[start, end)``, atomically, with one write (a range tombstone).
+
+        O(1) writes whatever the range holds: one WAL record and one entry
+        in the memtable, carried into tables by flushes and compactions,
+        honoured by every read (gets, multi_get, scans, snapshots taken
+        after it; a snapshot taken before still sees the keys) and dropped
+        with the data it covers by a full ``compact()`` once no snapshot
+        predates it. Durable like :meth:`put` (``sync=`` likewise). While
+        transactions run, every key of the range counts as written by it,
+        so a concurrent transaction that read one conflicts. ``start >= end``
+        is InvalidArgument.
+        """
+        lo = check_bound(start, "start", self.options)
+        hi = check_bound(end, "end", self.options)
+        if not lo < hi:
+            raise InvalidArgument(f"delete_range needs start < end, got {lo!r} >= {hi!r}")
+        durable = self._default_sync if sync is None else self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("delete_range")
+        self._range_deletes = True  # before the write can become visible
+        self._write({lo: RangeEnd(hi)}, len(lo) + len(hi), sync=durable, what="delete_range")
+
+    def batch(self, *, sync: bool | None = None) -> BatchContext:
+        """A batch to fill inside ``with``; written atomically when the block exits cleanly.
+
+        ``sync=`` overrides the store's default for this batch (see :meth:`put`).
+        """
+        if sync is not None:
+            self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("batch")
         self._check_open()
-        return BatchContext(self)
+        return BatchContext(self, sync)
 
-    def write(self, batch: WriteBatch) -> None:
-        """Apply every operation of ``batch`` atomically."""
+    def write(self, batch: WriteBatch, *, sync: bool | None = None) -> None:
+        """Apply every operation of ``batch`` atomically (``sync=`` as in :meth:`put`)."""
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+        durable = self._default_sync if sync is None else self._sync_arg(sync)
+        if self._read_only:
+            self._check_writable("write")
         if batch.ops:
-            self._write(dict(batch.ops), batch.byte_size)
+            self._write(dict(batch.ops), batch.byte_size, sync=durable, what="write")
+
+    def sync(self) -> None:
+        """Make every write acknowledged so far durable (one fdatasync of the WAL).
+
+        Goes through the writer queue like a write, so it also covers the
+        writes queued ahead of it, and it syncs older WAL segments that
+        still hold unsynced records. With ``wal=False`` it flushes the
+        memtables to tables instead.
+        """
+        if self._read_only:
+            self._check_writable("sync")
+        if self._wal is None:
+            self.flush()
+            return
+        self._enqueue([], 0, None, sync=True, what="sync")
+
+    def _sync_arg(self, sync: object) -> bool:
+        """Check an explicit ``sync=`` argument (True or False) for this engine."""
+        if check_sync(sync) and self._wal is None and not self._read_only:
+            raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
+                                  "wal=False (its durability comes from elsewhere)")
+        return bool(sync)
 
     def apply(self, batch: WriteBatch, sequence: int) -> bool:
         """Apply ``batch`` at ``sequence`` chosen by the caller (a replication log index).
@@ -453,22 +702,25 @@ class Engine:
                 raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
             items.append((sequence, dict(batch.ops)))
             nbytes += batch.byte_size
-        return self._enqueue(items, nbytes, None)
+        return self._enqueue(items, nbytes, None, sync=self._default_sync, what="apply")
 
-    def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None) -> int:
+    def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None,
+               sync: bool, what: str = "write") -> int:
         """Write ``ops`` as one batch at the next sequence; return that sequence."""
-        return self._enqueue([(None, ops)], nbytes, txn)
+        return self._enqueue([(None, ops)], nbytes, txn, sync=sync, what=what)
 
     def _enqueue(self, items: list[tuple[int | None, Ops]], nbytes: int,
-                 txn: TxnState | None) -> int:
+                 txn: TxnState | None, *, sync: bool, what: str = "write") -> int:
         """Queue batches (None: next sequence), group-commit, return the last sequence or 0.
 
         With ``txn`` (one item), the transaction is certified in the same
-        critical section that allocates its sequence.
+        critical section that allocates its sequence. With ``sync`` the group
+        that writes these batches fsyncs. No items at all is a sync barrier
+        (:meth:`sync`): it joins a group like a write and makes it sync.
         """
-        w = _Writer([], nbytes, threading.Condition(self._mutex))
+        w = _Writer([], nbytes, threading.Condition(self._mutex), sync)
         with self._mutex:
-            self._check_writable()
+            self._check_writable(what)
             now = time.monotonic()
             last = self._last_seq
             for sequence, ops in items:
@@ -480,11 +732,11 @@ class Engine:
                     w.states.append(txn)
                     w.registered = True
                 elif ops and self._certifier.tracking:
-                    w.states.append(self._certifier.record_blind_write(ops, seq, now))
+                    w.states.append(self._record_blind_write(ops, seq, now))
                     w.registered = True
                 w.batches.append((seq, ops))
                 last = seq
-            if not w.batches:
+            if not w.batches and items:
                 return 0
             self._last_seq = last
             self._writers.append(w)
@@ -501,6 +753,7 @@ class Engine:
                 raise
             group = [w]
             size = w.nbytes
+            sync = w.sync
             for other in self._writers:
                 if other is w:
                     continue
@@ -508,12 +761,22 @@ class Engine:
                     break
                 group.append(other)
                 size += other.nbytes
+                sync = sync or other.sync  # one synced member makes the whole group sync
             mem, wal = self._sv.mem, self._wal
+            older: list[tuple[int, str]] = []
+            if sync and self._unsynced_wals:
+                older, self._unsynced_wals = self._unsynced_wals, []
+            synced_to = self._visible_seq
         error: EngineError | None = None
         batches = [b for x in group for b in x.batches]
         try:
             if wal is not None:
-                wal.append(encode_group(batches), sync=self.options.sync == "always")
+                if older:
+                    self._sync_segments(older)
+                if batches:
+                    wal.append(encode_group(batches), sync=sync)
+                elif sync:
+                    wal.sync()
         except OSError as exc:
             error = StorageError(f"writing {wal.path if wal else 'WAL'} failed: {exc}")
         else:
@@ -525,15 +788,42 @@ class Engine:
                 self._bg_error = error
                 self._visible_cv.notify_all()
             else:
-                self._visible_seq = batches[-1][0]
-                self._visible_cv.notify_all()
-                self._stats["writes"] += len(batches)
-                self._stats["write_groups"] += 1
-                self._stats["user_bytes_written"] += size
+                if batches:
+                    self._visible_seq = batches[-1][0]
+                    self._visible_cv.notify_all()
+                    self._stats["writes"] += len(batches)
+                    self._stats["write_groups"] += 1
+                    self._stats["user_bytes_written"] += size
+                if sync and wal is not None:
+                    self._synced_seq = max(self._synced_seq, self._visible_seq
+                                           if batches else synced_to)
+                    self._stats["wal_syncs"] += 1
             self._finish_group(group, error)
         if error is not None:
             raise error
         return last
+
+    def _record_blind_write(self, ops: Ops, seq: int, now: float) -> TxnState:
+        """Record a write outside transactions with the certifier. Holds _mutex."""
+        rng = range_of(ops)
+        if rng is None:
+            return self._certifier.record_blind_write(ops, seq, now)
+        return self._certifier.record_blind_write((), seq, now, ranges=(rng,))
+
+    def _sync_segments(self, segments: list[tuple[int, str]]) -> None:
+        """Sync closed WAL segments that hold unsynced records. Group leader, no mutex.
+
+        A segment already deleted was flushed into a synced table: nothing to do.
+        """
+        for _, seg_path in segments:
+            try:
+                f = self._fs.open_append(seg_path)
+            except FileNotFoundError:
+                continue
+            try:
+                f.sync()
+            finally:
+                f.close()
 
     def _finish_group(self, group: list[_Writer], error: BaseException | None) -> None:
         """Mark ``group`` (the head of the queue) done and wake its members. Holds _mutex."""
@@ -599,6 +889,8 @@ class Engine:
                 old.close()
             except OSError as exc:
                 log.warning("%s: closing %s: %s", self.path, old.path, exc)
+            if old.unsynced:
+                self._unsynced_wals.append((old.number, old.path))
         sv = self._sv
         self._sv = _SuperVersion(MemTable(number), (sv.mem, *sv.imms), sv.version, self._tables)
         self._bg_cv.notify_all()
@@ -607,7 +899,9 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine at {self.path} is closed")
 
-    def _check_writable(self) -> None:
+    def _check_writable(self, what: str = "write") -> None:
+        if self._read_only:
+            raise ReadOnlyError(f"{what}: the engine at {self.path} was opened read_only=True")
         if self._closed or self._rejecting_writes:
             raise ClosedError(f"engine at {self.path} is closed")
         if self._bg_error is not None:
@@ -622,11 +916,74 @@ class Engine:
         if self._closed:
             raise ClosedError(f"engine at {self.path} is closed")
         seq = self._visible_seq
+        if self._range_deletes:
+            return self._lookup_ranged(self._sv, key, seq)
         return self._lookup(self._sv, key, seq)
+
+    def _sv_at(self, seq: int) -> _SuperVersion:
+        """The superversion a read at ``seq`` uses (a read-only engine's pinned one)."""
+        return self._ro_svs.get(seq, self._sv) if self._ro_svs else self._sv
 
     def _get_at(self, key: bytes, seq: int) -> bytes | None:
         self._check_open()
-        return self._lookup(self._sv, key, seq)
+        if self._range_deletes:
+            return self._lookup_ranged(self._sv_at(seq), key, seq)
+        return self._lookup(self._sv_at(seq), key, seq)
+
+    def _get_many_at(self, keys: list[bytes], seq: int) -> list[bytes | None]:
+        self._check_open()
+        sv = self._sv_at(seq)
+        if self._range_deletes:
+            return [self._lookup_ranged(sv, k, seq) for k in keys]
+        return self._lookup_many(sv, keys, seq)
+
+    @staticmethod
+    def _range_tombstones(sv: _SuperVersion, seq: int) -> list[tuple[bytes, bytes, int]]:
+        """The range deletions a reader at ``seq`` must honour (the live memtable's included)."""
+        return [rt for rt in (*sv.rts, *sv.mem.range_tombstones) if rt[2] <= seq]
+
+    @staticmethod
+    def _lookup_ranged(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
+        """:meth:`_lookup` honouring range deletions (a version older than one covering it is gone).
+        """
+        hit = Engine._lookup_version(sv, key, seq)
+        if hit is None or hit[1] is None:
+            return None
+        found_seq = hit[0]
+        for start, end, t in (*sv.rts, *sv.mem.range_tombstones):
+            if found_seq < t <= seq and start <= key < end:
+                return None
+        return hit[1]
+
+    @staticmethod
+    def _lookup_version(sv: _SuperVersion, key: bytes, seq: int
+                        ) -> tuple[int, bytes | None] | None:
+        """The newest version (sequence, value or None) of ``key`` visible at ``seq``."""
+        chain = sv.mem.get(key, seq)
+        if chain is not None:
+            return chain[0], chain[1]
+        for imm in sv.imms:
+            chain = imm.get(key, seq)
+            if chain is not None:
+                return chain[0], chain[1]
+        if not sv.has_tables:
+            return None
+        h, delta = key_hash(key)
+        for t in sv.l0:
+            p = t.props
+            if p.smallest <= key <= p.largest and t.may_contain(h, delta):
+                hit = t.get(key, seq)
+                if hit is not None:
+                    return hit
+        for largest, tables in sv.levels:
+            i = bisect_left(largest, key)
+            if i < len(tables):
+                t = tables[i]
+                if t.props.smallest <= key and t.may_contain(h, delta):
+                    hit = t.get(key, seq)
+                    if hit is not None:
+                        return hit
+        return None
 
     @staticmethod
     def _lookup(sv: _SuperVersion, key: bytes, seq: int) -> bytes | None:
@@ -656,24 +1013,112 @@ class Engine:
                         return hit[1]
         return None
 
+    def multi_get(self, keys: Iterable[Buffer]) -> list[bytes | None]:
+        """The current values of ``keys``, in the order given (None where absent).
+
+        All keys are read at one sequence -- a consistent view, as if taken
+        from one snapshot -- and duplicates are allowed. Faster per key than
+        a loop of :meth:`get`: the distinct keys are sorted and each memtable,
+        level and table is visited once per call, each table's filter probed
+        and each data block fetched once per batch (RocksDB's MultiGet).
+        Every key is checked before anything is read: a bad one raises
+        TypeError or InvalidArgument naming its position (``keys[i]``).
+        """
+        ks = check_keys(keys, self.options)
+        self._check_open()
+        seq = self._visible_seq
+        if self._range_deletes:
+            sv = self._sv
+            return [self._lookup_ranged(sv, k, seq) for k in ks]
+        return self._lookup_many(self._sv, ks, seq)
+
+    @staticmethod
+    def _lookup_many(sv: _SuperVersion, keys: list[bytes], seq: int) -> list[bytes | None]:
+        """:meth:`_lookup` of every key of ``keys`` at ``seq``, one pass per source.
+
+        Sources are visited newest first (memtables, L0 tables newest first,
+        then each level); a key leaves ``pending`` at the first source that
+        holds a version visible at ``seq`` (a tombstone resolves it to None).
+        Each key is hashed once; in a level, each table takes the run of
+        pending keys between its smallest and largest key (two bisections)
+        and :meth:`Table.get_sorted` probes its filter and blocks for them.
+        """
+        found: dict[bytes, bytes | None] = {}
+        pending = sorted(set(keys))
+        for mem in (sv.mem, *sv.imms):
+            if not pending:
+                break
+            if not len(mem):
+                continue
+            get = mem.get
+            rest: list[bytes] = []
+            for k in pending:
+                chain = get(k, seq)
+                if chain is None:
+                    rest.append(k)
+                else:
+                    found[k] = chain[1]
+            pending = rest
+        if pending and sv.has_tables:
+            hashes = key_hashes(pending)
+            for t in sv.l0:
+                p = t.props
+                lo = bisect_left(pending, p.smallest)
+                hi = bisect_right(pending, p.largest, lo)
+                if lo < hi and t.get_sorted(pending, hashes, lo, hi, seq, found):
+                    keep = [i for i, k in enumerate(pending) if k not in found]
+                    pending = [pending[i] for i in keep]
+                    hashes = [hashes[i] for i in keep]
+                    if not pending:
+                        break
+            for largest, tables in sv.levels:
+                if not pending:
+                    break
+                i, n, j, ntables = 0, len(pending), 0, len(tables)
+                while i < n:
+                    # The table that may hold pending[i], and the run of keys it spans.
+                    j = bisect_left(largest, pending[i], j)
+                    if j == ntables:
+                        break
+                    t = tables[j]
+                    end = bisect_right(pending, largest[j], i)
+                    lo = bisect_left(pending, t.props.smallest, i, end)
+                    if lo < end:
+                        t.get_sorted(pending, hashes, lo, end, seq, found)
+                    i = end
+                    j += 1
+                keep = [i for i, k in enumerate(pending) if k not in found]
+                if len(keep) < n:
+                    pending = [pending[i] for i in keep]
+                    hashes = [hashes[i] for i in keep]
+        return [found.get(k) for k in keys]
+
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs with ``start <= key < end`` in key order (descending if reverse).
 
-        The iterator reads a consistent view as of the call, whatever is
-        written meanwhile.
+        ``prefix=p`` instead scans the keys that start with ``p``: the range
+        ``[p, successor(p))``, where the successor drops trailing 0xff bytes
+        and increments the last byte (a prefix of only 0xff bytes has no
+        upper bound). Giving ``prefix`` with ``start`` or ``end`` raises
+        InvalidArgument. The iterator reads a consistent view as of the
+        call, whatever is written meanwhile.
         """
+        lo, hi = scan_bounds(start, end, prefix, self.options)
         self._check_open()
-        return self._scan_at(start, end, reverse, self._visible_seq)
+        return self._scan_at(lo, hi, reverse, self._visible_seq)
 
     def _scan_at(self, start: Buffer | None, end: Buffer | None, reverse: bool, seq: int
                  ) -> Iterator[tuple[bytes, bytes]]:
         lo = None if start is None else check_key(start, self.options)
         hi = None if end is None else check_key(end, self.options)
-        sv = self._sv
+        sv = self._sv_at(seq)
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
-        return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open)
+        rts = self._range_tombstones(sv, seq) if self._range_deletes else []
+        return scan_items(self._cursors(sv, lo, hi, reverse), seq, reverse, self._check_open,
+                          rts)
 
     @staticmethod
     def _cursors(sv: _SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
@@ -696,6 +1141,8 @@ class Engine:
             self._check_open()
             seq = self._visible_seq
             self._snapshots[seq] += 1
+            if self._read_only:
+                self._ro_svs.setdefault(seq, self._sv)
         return Snapshot(self, seq)
 
     def _release_snapshot(self, seq: int) -> None:
@@ -703,6 +1150,7 @@ class Engine:
             self._snapshots[seq] -= 1
             if self._snapshots[seq] <= 0:
                 del self._snapshots[seq]
+                self._ro_svs.pop(seq, None)
 
     @property
     def last_sequence(self) -> int:
@@ -713,24 +1161,32 @@ class Engine:
     def persisted_sequence(self) -> int:
         """Every write up to this sequence survives a power failure.
 
-        With ``sync="always"`` that is every acknowledged write; with
-        ``sync="none"`` or ``wal=False`` only what flushes have put into
-        synced tables. A replica may forget log entries up to here, not beyond.
+        With ``sync="always"`` that is every acknowledged write (unless some
+        were written with ``sync=False``); with ``sync="none"`` it is the last
+        synced write (``sync=True``, :meth:`sync`) or what flushes have put
+        into synced tables; with ``wal=False`` only the latter. A replica may
+        forget log entries up to here, not beyond.
         """
-        if self.options.sync == "always" and self.options.wal:
-            return self._visible_seq
+        if self.options.wal:
+            return max(self._synced_seq, self._manifest_last_seq)
         return self._manifest_last_seq
 
     # ------------------------------------------------------------------ transactions
 
-    def begin(self, *, read_only: bool = False) -> Transaction:
+    def begin(self, *, read_only: bool = False, sync: bool | None = None) -> Transaction:
         """Start a transaction reading the current state (see :class:`engine.txn.Transaction`).
 
         ``read_only=True`` forbids writes and lets the certifier use the
-        read-only refinement, which aborts fewer transactions.
+        read-only refinement, which aborts fewer transactions. ``sync=``
+        overrides the store's durability for its commit (see :meth:`put`).
         """
+        if sync is not None:
+            self._sync_arg(sync)
         with self._mutex:
-            self._check_writable() if not read_only else self._check_open()
+            if read_only or self._read_only:  # a read-only engine refuses writes at commit
+                self._check_open()
+            else:
+                self._check_writable("begin")
             # Commits already certified are waiting only for their WAL write:
             # start after them (at most one group commit), or this transaction
             # would read around them and conflict with them.
@@ -746,15 +1202,20 @@ class Engine:
                 for w in self._writers:
                     if not w.registered:
                         w.registered = True
-                        w.states += [self._certifier.record_blind_write(ops, s, now)
+                        w.states += [self._record_blind_write(ops, s, now)
                                      for s, ops in w.batches if s > seq and ops]
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
-        return Transaction(self._transactions, state)
+            if self._read_only:
+                self._ro_svs.setdefault(seq, self._sv)
+        return Transaction(self._transactions, state, sync=sync)
 
-    def transaction(self, *, read_only: bool = False) -> Transaction:
-        """A transaction as a context manager: commits on clean exit, rolls back otherwise."""
-        return self.begin(read_only=read_only)
+    def transaction(self, *, read_only: bool = False, sync: bool | None = None) -> Transaction:
+        """A transaction as a context manager: commits on clean exit, rolls back otherwise.
+
+        ``sync=`` overrides the store's durability for the commit (see :meth:`put`).
+        """
+        return self.begin(read_only=read_only, sync=sync)
 
     def run_transaction(self, fn: Callable[[Transaction], T], *, max_retries: int = 10,
                         backoff_base: float = 0.001, backoff_max: float = 0.1,
@@ -828,6 +1289,8 @@ class Engine:
                 self._sv = _SuperVersion(sv.mem, sv.imms[:-1], sv.version.apply(edit),
                                          self._tables)
                 self._bg_cv.notify_all()
+        with self._mutex:  # segments about to be deleted need no sync any more
+            self._unsynced_wals = [s for s in self._unsynced_wals if s[0] >= log_number]
         for name in self._fs.listdir(self.path):
             parsed = parse_file_name(name)
             if parsed is not None and parsed[0] is FileKind.WAL and parsed[1] < log_number:
@@ -863,11 +1326,13 @@ class Engine:
         that is all a flush writes; otherwise the compaction drop rule decides
         (tombstones are always kept: older data may sit in tables below).
         """
-        if not len(mem):
+        if not len(mem) and not mem.range_tombstones:
             return None
         entries: Iterable[Entry] = (mem.newest_entries() if not snapshots else
                                     compaction.keep_versions(mem.entries(), snapshots, False))
         builder = self._new_builder(number)
+        for start, end, seq in mem.range_tombstones:
+            builder.add_range_tombstone(start, end, seq)
         add = builder.add
         for key, negseq, value in entries:
             add(key, negseq, value)
@@ -930,8 +1395,13 @@ class Engine:
                 number = self._take_file_number()
             return self._new_builder(number)
 
+        # Range deletions (and what they cover) may be dropped only when the
+        # compaction sees every table of the store: the data they hide may be anywhere.
+        everything = task.bottommost and {f.number for _, f in self._sv.version.files()} == {
+            f.number for f in (*task.inputs, *task.overlaps)}
         outputs = compaction.run(task, tables, snapshots, new_builder,
-                                 self.options.target_file_bytes)
+                                 self.options.target_file_bytes,
+                                 apply_range_tombstones=everything)
         for p in outputs:
             self._paranoid_check(p.number)
         if outputs:
@@ -980,7 +1450,7 @@ class Engine:
     def flush(self) -> None:
         """Write the memtable to a table and wait until every memtable is flushed."""
         with self._mutex:
-            self._check_writable()
+            self._check_writable("flush")
             self._flush_locked()
 
     def _flush_locked(self) -> None:
@@ -1001,6 +1471,8 @@ class Engine:
         Afterwards each key lives in one level, and with no snapshot held no
         tombstone or overwritten version is left.
         """
+        if self._read_only:
+            self._check_writable("compact")
         self.flush()
         with self._compaction_lock:
             with self._mutex:
@@ -1034,6 +1506,8 @@ class Engine:
         sequence: the copy holds exactly the writes up to it. Used to bring
         a replica that fell behind the replication log back in one step.
         """
+        if self._read_only:
+            self._check_writable("checkpoint")
         self.flush()
         fs = self._fs
         fs.mkdirs(dest)
@@ -1110,6 +1584,7 @@ class Engine:
                                **self._certifier.rollbacks},
                 certifier=self._certifier.tracked(),
                 background_error=str(self._bg_error) if self._bg_error else None,
+                read_only=self._read_only,
             )
         return out
 
@@ -1125,6 +1600,9 @@ class Engine:
 
     def close(self) -> None:
         """Finish queued writes, stop background work, sync the WAL, release the directory."""
+        if self._read_only:
+            self._close_read_only()
+            return
         with self._mutex:
             if self._closed or self._rejecting_writes:
                 return
@@ -1144,6 +1622,8 @@ class Engine:
         self._compact_thread.join()
         try:
             if self._wal is not None:
+                self._sync_segments(self._unsynced_wals)
+                self._unsynced_wals = []
                 self._wal.sync()
                 self._wal.close()
         except OSError as exc:
@@ -1155,6 +1635,16 @@ class Engine:
             t.close()
         self._lock.release()
 
+    def _close_read_only(self) -> None:
+        """A read-only engine has no threads, log or lock: close its tables."""
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+        with self._refresh_lock:
+            for t in self._tables.values():
+                t.close()
+
     def simulate_crash(self) -> None:
         """Drop the engine as a killed process would: for tests and simulated clusters.
 
@@ -1163,6 +1653,9 @@ class Engine:
         the memtable is gone. Background work stops after its current step, and
         the directory is released so the store can be reopened in-process.
         """
+        if self._read_only:
+            self._close_read_only()
+            return
         with self._mutex:
             if self._closed or self._closing:
                 return

@@ -29,7 +29,7 @@ __all__ = [
 # Version of every file the engine writes (WAL, manifest, SSTable). Files
 # carrying a larger number are refused with a clear error; older versions
 # are read. See FORMAT.md for the history.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class Kind(IntEnum):
@@ -37,6 +37,7 @@ class Kind(IntEnum):
 
     DELETE = 0
     PUT = 1
+    RANGE_DELETE = 2  # WAL only (format 3): key = start, value = end of [start, end)
 
 
 class RecordTag(IntEnum):

@@ -20,6 +20,7 @@ __all__ = [
     "CorruptionError",
     "EngineError",
     "InvalidArgument",
+    "ReadOnlyError",
     "SerializationFailure",
     "StorageError",
     "TransactionClosed",
@@ -59,6 +60,17 @@ class CorruptionError(EngineError):
         self.detail = detail
         where = path if offset is None else f"{path} at offset {offset}"
         super().__init__(f"corruption in {where}: {detail}")
+
+
+class ReadOnlyError(EngineError):
+    """A write call (put, delete, batch, a commit with writes, flush, compact, sync, ...)
+    on an engine opened with ``read_only=True``; the message names the call.
+
+    Nothing was written. Open the store without ``read_only`` (in the one
+    process that owns it) to write.
+    """
+
+    deterministic = True
 
 
 class StorageError(EngineError):

@@ -27,9 +27,11 @@ from typing import Protocol
 from engine.memtable import Entry, MemTable
 from engine.sstable import Table, TableCursor
 
-__all__ = ["Cursor", "LevelCursor", "MemCursor", "merged_chunks", "scan_items", "visible"]
+__all__ = ["Cursor", "LevelCursor", "MemCursor", "RangeTombstone", "merged_chunks",
+           "scan_items", "visible", "visible_ranged"]
 
 _MAX_NEGSEQ = 2**64
+RangeTombstone = tuple[bytes, bytes, int]  # (start, end, seq): hides [start, end) below seq
 _FIRST_CHUNK = 16
 _MAX_CHUNK = 1024
 
@@ -196,12 +198,43 @@ def visible(chunk: list[Entry], seq: int) -> list[tuple[bytes, bytes]]:
     return out
 
 
+def visible_ranged(chunk: list[Entry], seq: int, range_tombstones: Sequence[RangeTombstone]
+                   ) -> list[tuple[bytes, bytes]]:
+    """:func:`visible`, also hiding versions older than a range deletion that covers them.
+
+    ``range_tombstones`` are ``(start, end, seq)`` with seq <= the reader's.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    prev: bytes | None = None
+    for key, negseq, value in chunk:
+        if key == prev or -negseq > seq:
+            continue
+        prev = key
+        if value is not None and not any(s <= key < e and -negseq < t
+                                         for s, e, t in range_tombstones):
+            out.append((key, value))
+    return out
+
+
 def scan_items(cursors: Sequence[Cursor], seq: int, reverse: bool,
-               check: Callable[[], None] | None = None) -> Iterator[tuple[bytes, bytes]]:
+               check: Callable[[], None] | None = None,
+               range_tombstones: Sequence[RangeTombstone] = ()
+               ) -> Iterator[tuple[bytes, bytes]]:
     """Visible (key, value) pairs from ``cursors`` at ``seq``, in scan order.
 
     ``check`` runs before each chunk (the engine raises there once closed).
+    ``range_tombstones`` (those visible at ``seq``) hide the older versions
+    they cover, whichever source holds them.
     """
+    if range_tombstones:
+        for chunk in merged_chunks(cursors, reverse):
+            if check is not None:
+                check()
+            items = visible_ranged(chunk, seq, range_tombstones)
+            if reverse:
+                items.reverse()
+            yield from items
+        return
     if len(cursors) == 1:  # nothing to merge: the cursor filters as it decodes
         cursor = cursors[0]
         while True:

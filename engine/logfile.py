@@ -30,17 +30,21 @@ class LogFile:
         self._writer.add_record(file_header(kind, number))
         self._file.sync()
         fs.sync_dir(dirname)
+        self.unsynced = False  # records were appended without a sync since the last one
 
     def append(self, payload: bytes, *, sync: bool) -> None:
         """Write one record and hand it to the OS; with ``sync``, make it durable."""
         self._writer.add_record(payload)
         if sync:
             self._file.sync()
+            self.unsynced = False
         else:
             self._file.flush()
+            self.unsynced = True
 
     def sync(self) -> None:
         self._file.sync()
+        self.unsynced = False
 
     @property
     def size(self) -> int:
@@ -51,7 +55,7 @@ class LogFile:
 
 
 def read_log_file(
-    fs: FileSystem, path: str, kind: FileKind, *, strict_tail: bool = False
+    fs: FileSystem, path: str, kind: FileKind, *, strict_tail: bool = False,
 ) -> tuple[list[tuple[int, bytes]], LogScan]:
     """Read a whole log file; return the records after its header and the raw scan.
 

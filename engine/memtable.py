@@ -8,6 +8,9 @@ Layout::
 A version chain is a linked list of immutable tuples; adding a version
 replaces the dict entry with a new head, so a reader always sees a complete
 chain without taking a lock. ``value is None`` is a tombstone.
+``range_tombstones`` lists the range deletions ``(start, end, seq)`` added
+(append-only, so readers may look without the lock); they hide older
+versions of keys in ``[start, end)`` here and in every older source.
 
 Invariants:
 
@@ -30,6 +33,8 @@ from collections.abc import Iterator
 from itertools import islice
 
 from sortedcontainers import SortedList
+
+from engine.batch import RangeEnd
 
 __all__ = ["Entry", "MemTable"]
 
@@ -54,6 +59,7 @@ class MemTable:
         "approx_bytes",
         "first_seq",
         "last_seq",
+        "range_tombstones",
         "wal_number",
     )
 
@@ -65,12 +71,22 @@ class MemTable:
         self.wal_number = wal_number
         self.first_seq = 0
         self.last_seq = 0
+        self.range_tombstones: list[tuple[bytes, bytes, int]] = []
 
     def __len__(self) -> int:
         return len(self._chains)
 
     def add(self, seq: int, ops: dict[bytes, bytes | None]) -> None:
         """Add one batch's operations at ``seq``. Caller is the only writer."""
+        if len(ops) == 1:  # a range deletion is a batch of one op (engine.batch.range_of)
+            ((start, end),) = ops.items()
+            if type(end) is RangeEnd:
+                self.range_tombstones.append((start, end, seq))
+                self.approx_bytes += VERSION_OVERHEAD + len(start) + len(end)
+                if not self.first_seq:
+                    self.first_seq = seq
+                self.last_seq = seq
+                return
         chains = self._chains
         new_keys: list[bytes] = []
         added = 0

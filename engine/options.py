@@ -31,7 +31,11 @@ class Options:
       ``"none"``: the record is handed to the operating system before the
       call returns but not synced; survives ``kill -9`` of the process, may
       lose the most recent writes on power loss or a kernel crash. Meant for
-      bulk loads.
+      bulk loads and for replicas whose durability comes from a consensus log.
+      This is only the default: ``put``/``delete``/``batch``/``commit`` take
+      ``sync=True|False`` for one write, and ``Engine.sync()`` makes every
+      write so far durable. A synced write makes every earlier write durable
+      too (the log is synced in order, older segments first).
     * ``wal`` (``True``) -- ``False`` skips the write-ahead log: writes live
       only in the memtable until a flush puts them in a table, so a crash
       loses them. Only for a store whose writes can be replayed from

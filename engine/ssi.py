@@ -95,6 +95,7 @@ class TxnState:
         "doomed",
         "in_edges",
         "out_edges",
+        "range_writes",
         "ranges",
         "read_only",
         "reads",
@@ -118,6 +119,7 @@ class TxnState:
         self.reads: set[bytes] = set()
         self.ranges: list[tuple[bytes | None, bytes | None]] = []
         self.writes: frozenset[bytes] = frozenset()
+        self.range_writes: tuple[tuple[bytes, bytes], ...] = ()  # delete_range, blind only
         self.in_edges: set[TxnState] = set()
         self.out_edges: set[TxnState] = set()
 
@@ -132,6 +134,13 @@ class TxnState:
 
 def _in_range(key: bytes, lo: bytes | None, hi: bytes | None) -> bool:
     return (lo is None or key >= lo) and (hi is None or key < hi)
+
+
+def _overlaps(lo1: bytes | None, hi1: bytes | None, lo2: bytes | None, hi2: bytes | None
+              ) -> bool:
+    """Do ``[lo1, hi1)`` and ``[lo2, hi2)`` share a key (None: unbounded)?"""
+    return (hi2 is None or lo1 is None or lo1 < hi2) and (hi1 is None or lo2 is None
+                                                         or lo2 < hi1)
 
 
 class Certifier:
@@ -150,6 +159,8 @@ class Certifier:
         self._range_readers: dict[TxnState, list[tuple[bytes | None, bytes | None]]] = {}
         # Certified writers still relevant to someone: key -> writers, oldest first.
         self._writers: SortedDict[bytes, list[TxnState]] = SortedDict()
+        # Certified range deletions still relevant (few; checked by every read and write).
+        self._range_writers: list[TxnState] = []
         self.commits = 0
         self.aborts: Counter[str] = Counter()  # SerializationFailure reasons
         self.rollbacks: Counter[str] = Counter()  # rollback, storage errors, lost leadership
@@ -168,7 +179,7 @@ class Certifier:
             "committed_tracked": len(self._finished),
             "siread_keys": len(self._readers),
             "siread_ranges": sum(len(r) for r in self._range_readers.values()),
-            "written_keys": len(self._writers),
+            "written_keys": len(self._writers) + len(self._range_writers),
         }
 
     # -- transaction lifecycle -------------------------------------------------
@@ -210,6 +221,17 @@ class Certifier:
         for w in self._writers.get(key, ()):
             if w is not t and w.commit_seq is not None and w.commit_seq > t.snapshot:
                 self._read_edge(t, w)
+        for w in self._newer_range_writers(t, key, key + b"\x00"):
+            self._read_edge(t, w)
+
+    def _newer_range_writers(self, t: TxnState, lo: bytes | None, hi: bytes | None
+                             ) -> list[TxnState]:
+        """Range deletions certified after ``t``'s snapshot that touch ``[lo, hi)``."""
+        if not self._range_writers:
+            return []
+        return [w for w in self._range_writers
+                if w is not t and w.commit_seq is not None and w.commit_seq > t.snapshot
+                and any(_overlaps(a, b, lo, hi) for a, b in w.range_writes)]
 
     def on_scan(self, t: TxnState, lo: bytes | None, hi: bytes | None, now: float) -> None:
         """Record that ``t`` scanned ``[lo, hi)``: it depends on every key there, present or not."""
@@ -222,6 +244,8 @@ class Certifier:
             for w in self._writers[key]:
                 if w is not t and w.commit_seq is not None and w.commit_seq > t.snapshot:
                     self._read_edge(t, w)
+        for w in self._newer_range_writers(t, lo, hi):
+            self._read_edge(t, w)
 
     def certify(self, t: TxnState, writes: Iterable[bytes], commit_seq: int | None,
                 now: float) -> None:
@@ -243,6 +267,10 @@ class Certifier:
                     self._fail(t, "write_write")
                     raise SerializationFailure(
                         "write_write", f"key {key!r} was written by a concurrent transaction")
+            if self._newer_range_writers(t, key, key + b"\x00"):
+                self._fail(t, "write_write")
+                raise SerializationFailure(
+                    "write_write", f"key {key!r} was deleted by a concurrent delete_range")
         if self.isolation == "occ":
             self._validate_reads(t)
         else:
@@ -285,18 +313,27 @@ class Certifier:
             return
         self._fail(t, reason)
 
-    def record_blind_write(self, keys: Iterable[bytes], commit_seq: int, now: float) -> TxnState:
+    def record_blind_write(self, keys: Iterable[bytes], commit_seq: int, now: float,
+                           ranges: tuple[tuple[bytes, bytes], ...] = ()) -> TxnState:
         """Record a write outside any transaction (``put``, ``batch``) while others are tracked.
 
         A blind write has no reads, so it can only be the T_out of a
-        dangerous structure; it never fails itself.
+        dangerous structure; it never fails itself. ``ranges`` are the
+        ``[start, end)`` a ``delete_range`` wrote: every key in them, present
+        or not, counts as written.
         """
         t = self.begin(commit_seq - 1, now)
         keys = frozenset(keys)
+        t.range_writes = ranges
         if self.isolation == "ssi":
             for key in keys:
                 self._link_readers(t, key)
+            for lo, hi in ranges:
+                self._link_range_readers(t, lo, hi)
         self._certify(t, keys, commit_seq)
+        if ranges:
+            t.commit_seq = commit_seq  # it wrote (a range), though no single key
+            self._range_writers.append(t)
         return t
 
     def expire(self, now: float) -> None:
@@ -322,6 +359,21 @@ class Certifier:
         for r, ranges in self._range_readers.items():
             if r is not w and self._concurrent_reader(r, w) and any(
                 _in_range(key, lo, hi) for lo, hi in ranges
+            ):
+                r.out_edges.add(w)
+                w.in_edges.add(r)
+
+    def _link_range_readers(self, w: TxnState, lo: bytes, hi: bytes) -> None:
+        """Add ``R -rw-> w`` for every concurrent reader of a key or range in ``[lo, hi)``."""
+        for key, readers in self._readers.items():
+            if lo <= key < hi:
+                for r in readers:
+                    if r is not w and self._concurrent_reader(r, w):
+                        r.out_edges.add(w)
+                        w.in_edges.add(r)
+        for r, ranges in self._range_readers.items():
+            if r is not w and self._concurrent_reader(r, w) and any(
+                _overlaps(lo, hi, a, b) for a, b in ranges
             ):
                 r.out_edges.add(w)
                 w.in_edges.add(r)
@@ -388,6 +440,11 @@ class Certifier:
                               if newer(k)), None)
                 if stale is not None:
                     break
+        if stale is None and self._range_writers:
+            stale = next((k for k in t.reads if self._newer_range_writers(t, k, k + b"\x00")),
+                         None)
+            if stale is None and any(self._newer_range_writers(t, lo, hi) for lo, hi in t.ranges):
+                stale = b"<a range deleted by a concurrent delete_range>"
         if stale is not None:
             self._fail(t, "stale_read")
             raise SerializationFailure(
@@ -421,6 +478,11 @@ class Certifier:
                 if not readers:
                     del self._readers[key]
         self._range_readers.pop(t, None)
+        if t.range_writes:
+            try:
+                self._range_writers.remove(t)
+            except ValueError:
+                pass
         for key in t.writes:
             writers = self._writers.get(key)
             if writers is not None:

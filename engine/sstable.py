@@ -78,11 +78,15 @@ class TableProperties:
     compression: str
     format_version: int
     distinct_keys: int = 0  # 0: unknown (the property was added after the first tables)
+    # Range deletions (start, end, seq) this table carries (format 3). They
+    # hide older versions of [start, end) in every table, not only this one.
+    range_tombstones: tuple[tuple[bytes, bytes, int], ...] = ()
 
     @property
     def has_garbage(self) -> bool:
         """Tombstones or overwritten versions: what a bottom-level rewrite could drop."""
-        return self.deletions > 0 or 0 < self.distinct_keys < self.entries
+        return (self.deletions > 0 or 0 < self.distinct_keys < self.entries
+                or bool(self.range_tombstones))
 
 
 def _encode_block(body: bytes, compress: bool) -> bytes:
@@ -118,6 +122,15 @@ class TableBuilder:
         self._data_blocks = 0
         self._raw_key_bytes = 0
         self._raw_value_bytes = 0
+        self._range_tombstones: list[tuple[bytes, bytes, int]] = []
+
+    def add_range_tombstone(self, start: bytes, end: bytes, seq: int) -> None:
+        """Carry the range deletion ``[start, end)`` at ``seq`` in this table."""
+        self._range_tombstones.append((start, end, seq))
+        if -seq > self._min_negseq:
+            self._min_negseq = -seq
+        if -seq < self._max_negseq:
+            self._max_negseq = -seq
 
     def add(self, key: bytes, negseq: int, value: bytes | None) -> None:
         """Append one entry; entries must arrive in internal-key order."""
@@ -178,8 +191,13 @@ class TableBuilder:
 
     def finish(self) -> TableProperties:
         """Write filter, properties, index and footer; sync and close the file."""
+        rts = tuple(sorted(self._range_tombstones))
         if self._smallest is None or self._last_key is None:
-            raise ValueError("refusing to write an empty table")
+            if not rts:
+                raise ValueError("refusing to write an empty table")
+            # Only range deletions: a one-key range at the first one's start
+            # (the tombstones' reach is not the table's key range).
+            self._smallest = self._last_key = rts[0][0]
         self._finish_block()
         if self._options.bloom_bits_per_key > 0:
             fbody = build_filter([key_hash(k) for k in self._distinct],
@@ -202,6 +220,7 @@ class TableBuilder:
             compression=self._options.compression,
             format_version=FORMAT_VERSION,
             distinct_keys=len(self._distinct),
+            range_tombstones=rts,
         )
         props_handle = self._write(_encode_properties(props), False)
         index_handle = self._write(self._index.finish(), False)
@@ -224,6 +243,8 @@ def _encode_properties(p: TableProperties) -> bytes:
     items[b"compression"] = p.compression.encode()
     items[b"smallest"] = p.smallest
     items[b"largest"] = p.largest
+    if p.range_tombstones:
+        items[b"range_tombstones"] = _encode_range_tombstones(p.range_tombstones)
     b = BlockBuilder()
     for name in sorted(items):
         b.add(name, 0, items[name])
@@ -355,6 +376,44 @@ class Table:
             blk = self._fill(ckey, offset, self._sizes[i])
         return blk.get(key, seq)
 
+    def get_sorted(self, keys: list[bytes], hashes: list[tuple[int, int]], start: int,
+                   stop: int, seq: int, found: dict[bytes, bytes | None]) -> bool:
+        """:meth:`get` of ``keys[start:stop]`` (ascending, distinct), filter first.
+
+        ``hashes[i]`` is ``key_hash(keys[i])``. ``found[key]`` becomes the
+        value (None for a tombstone) of each key with a version visible at
+        ``seq``; returns True if there was any. The batch probes the filter
+        once per key, walks the index once (each bisection starts where the
+        previous one ended) and fetches each block once, however many of
+        the keys it holds: ``multi_get``'s per-table step.
+        """
+        index = self._index_keys
+        n = len(index)
+        cache_get = self._cache.get
+        base = self._cache_base
+        bi = -1
+        i = 0
+        blk: Block | None = None
+        hit_any = False
+        candidates = (self._filter.passing(hashes, start, stop) if self._filter is not None
+                      else range(start, stop))
+        for x in candidates:
+            key = keys[x]
+            i = bisect_left(index, key, i)
+            if i == n:
+                break
+            if i != bi or blk is None:
+                bi = i
+                offset = self._offsets[i]
+                blk = cache_get(base | offset)
+                if blk is None:
+                    blk = self._fill(base | offset, offset, self._sizes[i])
+            hit = blk.get(key, seq)
+            if hit is not None:
+                found[key] = hit[1]
+                hit_any = True
+        return hit_any
+
     def cursor(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> TableCursor:
         return TableCursor(self, lo, hi, reverse)
 
@@ -384,6 +443,28 @@ def _no_filter(h: int, delta: int) -> bool:
     return True
 
 
+_RT_HEAD = struct.Struct("<IIQ")  # start_len, end_len, seq
+
+
+def _encode_range_tombstones(rts: tuple[tuple[bytes, bytes, int], ...]) -> bytes:
+    """``tombstone*`` with ``tombstone := start_len:u32 end_len:u32 seq:u64 start end``."""
+    return b"".join(_RT_HEAD.pack(len(s), len(e), seq) + s + e for s, e, seq in rts)
+
+
+def _decode_range_tombstones(data: bytes) -> tuple[tuple[bytes, bytes, int], ...]:
+    out = []
+    pos = 0
+    while pos < len(data):
+        slen, elen, seq = _RT_HEAD.unpack_from(data, pos)
+        pos += _RT_HEAD.size
+        start, end = data[pos : pos + slen], data[pos + slen : pos + slen + elen]
+        pos += slen + elen
+        if pos > len(data) or not start < end:
+            raise ValueError("range tombstone runs past its property or is empty")
+        out.append((start, end, seq))
+    return tuple(out)
+
+
 def _decode_properties(
     blk: Block, number: int, size: int, path: str, offset: int
 ) -> TableProperties:
@@ -391,7 +472,9 @@ def _decode_properties(
     try:
         ints = {name: int(items[name.encode()]) for name in _PROP_INTS}
         ints["distinct_keys"] = int(items.get(b"distinct_keys", b"0"))
+        rts = _decode_range_tombstones(items.get(b"range_tombstones", b""))
         return TableProperties(
+            range_tombstones=rts,
             number=number,
             file_size=size,
             smallest=items[b"smallest"],
@@ -399,7 +482,7 @@ def _decode_properties(
             compression=items[b"compression"].decode(),
             **ints,
         )
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError, struct.error) as exc:
         raise CorruptionError(path, offset, f"properties block incomplete: {exc}") from None
 
 

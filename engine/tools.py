@@ -43,6 +43,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.batch import RangeEnd
 from engine.block import Block, BlockFormatError
 from engine.cache import LRUCache
 from engine.encoding import FileKind, Kind, RecordTag, file_name, parse_file_name
@@ -364,6 +365,9 @@ def _wal_info(fs: FileSystem, dirname: str, number: int, live: bool) -> WalInfo:
 def _op_line(key: bytes, value: bytes | None, hex_: bool, limit: int | None) -> str:
     if value is None:
         return f"    DELETE {show_bytes(key, hex_=hex_, limit=limit)}"
+    if type(value) is RangeEnd:
+        return (f"    DELETE_RANGE [{show_bytes(key, hex_=hex_, limit=limit)}, "
+                f"{show_bytes(value, hex_=hex_, limit=limit)})")
     return (f"    PUT    {show_bytes(key, hex_=hex_, limit=limit)} : "
             f"{show_bytes(value, hex_=hex_, limit=limit)}")
 
@@ -517,6 +521,8 @@ def _property_lines(p: TableProperties, hex_: bool) -> list[str]:
         ("smallest", show_bytes(p.smallest, hex_=hex_)),
         ("largest", show_bytes(p.largest, hex_=hex_)),
     ]
+    rows += [("range_tombstone", f"[{show_bytes(lo, hex_=hex_)}, {show_bytes(hi, hex_=hex_)}) "
+                                 f"@ {seq}") for lo, hi, seq in p.range_tombstones]
     width = max(len(name) for name, _ in rows)
     return [f"  {name.ljust(width)}  {value}" for name, value in rows]
 

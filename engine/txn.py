@@ -12,16 +12,16 @@ transactions may run concurrently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import NoReturn, Protocol
+from typing import NoReturn, Protocol, cast
 
-from engine.batch import Buffer, WriteBatch, check_key
+from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_sync, scan_bounds
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
 from engine.options import Options
 from engine.ssi import TxnState
 
-__all__ = ["Transaction", "TransactionBackend"]
+__all__ = ["BatchReadBackend", "SyncingBackend", "Transaction", "TransactionBackend"]
 
 
 class TransactionBackend(Protocol):
@@ -48,14 +48,40 @@ class TransactionBackend(Protocol):
     def rollback(self, state: TxnState) -> None: ...
 
 
+class BatchReadBackend(Protocol):
+    """A backend that can also read many keys at once (optional; the engine's is one).
+
+    ``read_many`` records every key with the certifier, as ``read`` does for
+    one, then reads them all at ``state.snapshot``. A backend without it
+    serves :meth:`Transaction.multi_get` with one ``read`` per key.
+    """
+
+    def read_many(self, state: TxnState, keys: list[bytes]) -> list[bytes | None]: ...
+
+
+class SyncingBackend(Protocol):
+    """A backend whose commits can override the store's durability (optional; the engine's).
+
+    ``commit_sync`` is ``commit`` with ``sync``: True makes the commit
+    durable before it returns, False only hands it to the OS, None keeps
+    the store's default. A replicated store's durability is its consensus
+    log, so its backend has no such method and refuses ``sync=``.
+    """
+
+    def commit_sync(self, state: TxnState, ops: dict[bytes, bytes | None], nbytes: int,
+                    sync: bool | None) -> int | None: ...
+
+
 class Transaction:
     """One serializable transaction (``isolation="ssi"``) or OCC one (``"occ"``)."""
 
-    __slots__ = ("_backend", "_batch", "_done", "_state", "_writes", "sequence")
+    __slots__ = ("_backend", "_batch", "_done", "_state", "_sync", "_writes", "sequence")
 
-    def __init__(self, backend: TransactionBackend, state: TxnState) -> None:
+    def __init__(self, backend: TransactionBackend, state: TxnState, *,
+                 sync: bool | None = None) -> None:
         self._backend = backend
         self._state = state
+        self._sync = check_sync(sync)  # commit's default durability (None: the store's)
         self._batch = WriteBatch(backend.options)  # checks sizes, keeps the last write per key
         self._writes = self._batch.ops
         self._done = False
@@ -92,17 +118,45 @@ class Transaction:
         except SerializationFailure as exc:
             self._fail(exc)
 
+    def multi_get(self, keys: Iterable[Buffer]) -> list[bytes | None]:
+        """:meth:`get` of each of ``keys``, in order (duplicates allowed), in one call.
+
+        Keys this transaction wrote give their buffered value; every other
+        key is read at the snapshot and recorded by the certifier exactly as
+        :meth:`get` records it, so SSI sees each of them as read.
+        """
+        self._check()
+        ks = check_keys(keys, self._backend.options)
+        writes = self._writes
+        need = [k for k in dict.fromkeys(ks) if k not in writes]
+        got: dict[bytes, bytes | None] = {}
+        if need:
+            backend = self._backend
+            # hasattr, not isinstance of a runtime protocol: that costs microseconds.
+            read_many = (cast(BatchReadBackend, backend) if hasattr(backend, "read_many")
+                         else None)
+            try:
+                if read_many is not None:
+                    values = read_many.read_many(self._state, need)
+                else:
+                    values = [backend.read(self._state, k) for k in need]
+            except SerializationFailure as exc:
+                self._fail(exc)
+            got = dict(zip(need, values, strict=True))
+        return [writes[k] if k in writes else got[k] for k in ks]
+
     def scan(self, start: Buffer | None = None, end: Buffer | None = None, *,
-             reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
+             reverse: bool = False, prefix: Buffer | None = None
+             ) -> Iterator[tuple[bytes, bytes]]:
         """``[start, end)`` at the snapshot merged with own writes; the range counts as read.
 
         Registering the whole range (not only the keys found) is what makes a
-        concurrent insert into it -- a phantom -- a conflict.
+        concurrent insert into it -- a phantom -- a conflict. ``prefix=p``
+        scans ``[p, successor(p))`` (see :meth:`engine.Engine.scan`), and that
+        whole range is what counts as read.
         """
         self._check()
-        opts = self._backend.options
-        lo = None if start is None else check_key(start, opts)
-        hi = None if end is None else check_key(end, opts)
+        lo, hi = scan_bounds(start, end, prefix, self._backend.options)
         try:
             base = self._backend.scan(self._state, lo, hi, reverse)
         except SerializationFailure as exc:
@@ -125,12 +179,27 @@ class Transaction:
             raise InvalidArgument("delete in a read-only transaction")
         self._batch.delete(key)
 
-    def commit(self) -> None:
-        """Certify and write; raises SerializationFailure (retryable) if it cannot commit."""
+    def commit(self, *, sync: bool | None = None) -> None:
+        """Certify and write; raises SerializationFailure (retryable) if it cannot commit.
+
+        ``sync=True`` makes the commit (and every write before it) durable
+        before returning whatever the store's default; ``sync=False`` only
+        hands it to the OS. None: the transaction's ``sync`` (from
+        ``db.transaction(sync=...)``), else the store's ``sync`` option.
+        """
         self._check()
+        durable = self._sync if sync is None else check_sync(sync)
+        backend = self._backend
+        syncing = cast(SyncingBackend, backend) if hasattr(backend, "commit_sync") else None
+        if durable is not None and syncing is None:
+            raise InvalidArgument("this store's transactions take no sync=: their "
+                                  "durability comes from the replication log")
         self._done = True
-        self.sequence = self._backend.commit(self._state, self._writes,
-                                                 self._batch.byte_size)
+        if syncing is not None:
+            self.sequence = syncing.commit_sync(self._state, self._writes,
+                                                self._batch.byte_size, durable)
+        else:
+            self.sequence = backend.commit(self._state, self._writes, self._batch.byte_size)
 
     def rollback(self) -> None:
         """Discard the transaction. A no-op once it has ended."""

@@ -669,7 +669,7 @@ def test_histories_hold_under_crashes_and_frequent_log_truncation(
             register_clients(store, keys, nemesis.running, seed)), daemon=True)
         blind.start()
         attempts = transaction_clients(store, nemesis.running, seed + 1)
-        blind.join(2 * LIVENESS_S)
+        blind.join(RUN_S + 3 * LIVENESS_S)
         assert registers, "the register clients never finished"
     nemesis.check()
     snapshots = sum(n.snapshots_installed for n in cluster.nodes)

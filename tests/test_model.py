@@ -2,8 +2,10 @@
 
 Every run draws its own Options (tiny memtables, blocks, files and level
 targets; lz4 or not; bloom or not; sync or not), so flushes and compactions
-run constantly in the background while the rules put, delete, batch, read,
-scan, take and read snapshots, flush, compact, close and reopen, and crash.
+run constantly in the background while the rules put, delete, delete_range,
+batch, read (get, multi_get), scan (ranges and prefixes), take and read
+snapshots, open a read-only view beside the writer, flush, compact, close
+and reopen, and crash.
 
 Crashes use MemFS clones while the background threads are running, so a
 clone may capture a flush or a compaction half done:
@@ -11,10 +13,12 @@ clone may capture a flush or a compaction half done:
 * ``process_crash_clone`` keeps what a killed process leaves (everything
   handed to the OS): every acknowledged write must be there.
 * ``crash_clone`` keeps what a power failure leaves (synced bytes and synced
-  directory entries). With ``sync="always"`` every acknowledged write must be
-  there; with ``sync="none"`` the store must come back as exactly the state
-  after some acknowledged write no older than the last flush, compaction or
-  close -- a prefix of history, never a mix.
+  directory entries). Writes carry a random per-write ``sync=`` (None, True,
+  False) and ``db.sync()`` is a rule: the store must come back as exactly
+  the state after some acknowledged write no older than the last synced one
+  (a synced write, ``sync()``, flush, compaction or close) -- a prefix of
+  history, never a mix. With ``sync="always"`` and no ``sync=False`` write
+  since, that is every acknowledged write.
 
 Sequence numbers double as history indexes: the n-th acknowledged write gets
 sequence n, so ``history[db.last_sequence]`` is what the store must hold.
@@ -48,7 +52,10 @@ key_st = st.sampled_from(KEYS)
 small_value_st = st.binary(max_size=24)
 value_st = st.one_of(small_value_st, st.binary(min_size=200, max_size=700))
 bound_st = st.one_of(st.none(), key_st, st.binary(max_size=3))
+prefix_st = st.one_of(st.sampled_from([b"", b"a", b"k", b"k0", b"k1", b"\xff", b"\xff\xff"]),
+                      st.binary(max_size=2))
 
+sync_st = st.sampled_from([None, None, True, False])
 options_st = st.fixed_dictionaries({
     "memtable_bytes": st.integers(4096, 65536),
     "block_bytes": st.integers(64, 4096),
@@ -79,7 +86,9 @@ class EngineMachine(RuleBasedStateMachine):
         self.opts: dict[str, Any] = {}
         self.model: dict[bytes, bytes] = {}
         self.history: list[dict[bytes, bytes]] = [{}]  # history[seq]: state after write seq
-        self.durable_seq = 0  # every write <= this is in synced tables (flush, compact, close)
+        # Every write <= this survives a power cut: synced writes (the default with
+        # sync="always", sync=True, db.sync()), flush, compact, close.
+        self.durable_seq = 0
         self.snapshots: list[tuple[engine.Snapshot, int]] = []
 
     # -- helpers -------------------------------------------------------------
@@ -88,13 +97,15 @@ class EngineMachine(RuleBasedStateMachine):
     def seq(self) -> int:
         return len(self.history) - 1
 
-    def _acknowledged(self, ops: dict[bytes, bytes | None]) -> None:
+    def _acknowledged(self, ops: dict[bytes, bytes | None], sync: bool | None = None) -> None:
         for k, v in ops.items():
             if v is None:
                 self.model.pop(k, None)
             else:
                 self.model[k] = v
         self.history.append(dict(self.model))
+        if sync or (sync is None and self.opts["sync"] == "always"):
+            self.durable_seq = self.seq  # a synced write makes its whole past durable
 
     def _open(self) -> None:
         self.db = engine.open(PATH, fs=self.fs, **self.opts)
@@ -105,11 +116,13 @@ class EngineMachine(RuleBasedStateMachine):
                 snap.get(b"k00")
         self.snapshots = []
 
-    def _check_contents(self, state: dict[bytes, bytes]) -> None:
-        assert self.db is not None
-        assert list(self.db.scan()) == sorted(state.items())
+    def _check_contents(self, state: dict[bytes, bytes], db: engine.Engine | None = None
+                        ) -> None:
+        db = db or self.db
+        assert db is not None
+        assert list(db.scan()) == sorted(state.items())
         for k in KEYS:
-            assert self.db.get(k) == state.get(k), k
+            assert db.get(k) == state.get(k), k
 
     # -- setup ---------------------------------------------------------------
 
@@ -124,29 +137,45 @@ class EngineMachine(RuleBasedStateMachine):
 
     # -- writes --------------------------------------------------------------
 
-    @rule(k=key_st, v=value_st)
-    def put(self, k: bytes, v: bytes) -> None:
+    @rule(k=key_st, v=value_st, sync=sync_st)
+    def put(self, k: bytes, v: bytes, sync: bool | None) -> None:
         assert self.db is not None
-        self.db.put(k, v)
-        self._acknowledged({k: v})
+        self.db.put(k, v, sync=sync)
+        self._acknowledged({k: v}, sync)
 
-    @rule(k=key_st)
-    def delete(self, k: bytes) -> None:
+    @rule(k=key_st, sync=sync_st)
+    def delete(self, k: bytes, sync: bool | None) -> None:
         assert self.db is not None
-        self.db.delete(k)
-        self._acknowledged({k: None})
+        self.db.delete(k, sync=sync)
+        self._acknowledged({k: None}, sync)
 
     @rule(ops=st.lists(st.tuples(key_st, st.one_of(st.none(), small_value_st)),
-                       min_size=1, max_size=8))
-    def batch(self, ops: list[tuple[bytes, bytes | None]]) -> None:
+                       min_size=1, max_size=8), sync=sync_st)
+    def batch(self, ops: list[tuple[bytes, bytes | None]], sync: bool | None) -> None:
         assert self.db is not None
-        with self.db.batch() as b:
+        with self.db.batch(sync=sync) as b:
             for k, v in ops:
                 if v is None:
                     b.delete(k)
                 else:
                     b.put(k, v)
-        self._acknowledged(dict(ops))  # the last operation on a key wins
+        self._acknowledged(dict(ops), sync)  # the last operation on a key wins
+
+    @rule(a=key_st, b=key_st, sync=sync_st)
+    def delete_range(self, a: bytes, b: bytes, sync: bool | None) -> None:
+        assert self.db is not None
+        lo, hi = min(a, b), max(a, b)
+        if lo == hi:
+            hi = lo + b"\x00"
+        self.db.delete_range(lo, hi, sync=sync)
+        self._acknowledged({k: None for k in self.model if lo <= k < hi}, sync)
+
+    @rule()
+    def sync(self) -> None:
+        """db.sync(): everything acknowledged so far survives a power cut."""
+        assert self.db is not None
+        self.db.sync()
+        self.durable_seq = self.seq
 
     @rule(seed=st.integers(0, 2**32), n=st.integers(10, 80))
     def put_many(self, seed: int, n: int) -> None:
@@ -170,6 +199,11 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.db is not None
         assert self.db.get(k) == self.model.get(k)
 
+    @rule(keys=st.lists(st.one_of(key_st, st.binary(max_size=3)), max_size=12))
+    def multi_get(self, keys: list[bytes]) -> None:
+        assert self.db is not None
+        assert self.db.multi_get(keys) == [self.model.get(k) for k in keys]
+
     @rule(lo=bound_st, hi=bound_st, reverse=st.booleans())
     def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
         assert self.db is not None
@@ -177,6 +211,14 @@ class EngineMachine(RuleBasedStateMachine):
         if reverse:
             want.reverse()
         assert list(self.db.scan(lo, hi, reverse=reverse)) == want
+
+    @rule(prefix=prefix_st, reverse=st.booleans())
+    def scan_prefix(self, prefix: bytes, reverse: bool) -> None:
+        assert self.db is not None
+        want = sorted((k, v) for k, v in self.model.items() if k.startswith(prefix))
+        if reverse:
+            want.reverse()
+        assert list(self.db.scan(prefix=prefix, reverse=reverse)) == want
 
     # -- snapshots -----------------------------------------------------------
 
@@ -188,12 +230,17 @@ class EngineMachine(RuleBasedStateMachine):
         self.snapshots.append((snap, self.seq))
 
     @precondition(lambda self: self.snapshots)
-    @rule(i=st.integers(0, 100), lo=bound_st, hi=bound_st, reverse=st.booleans())
-    def read_snapshot(self, i: int, lo: bytes | None, hi: bytes | None, reverse: bool) -> None:
+    @rule(i=st.integers(0, 100), lo=bound_st, hi=bound_st, reverse=st.booleans(),
+          prefix=prefix_st)
+    def read_snapshot(self, i: int, lo: bytes | None, hi: bytes | None, reverse: bool,
+                      prefix: bytes) -> None:
         snap, seq = self.snapshots[i % len(self.snapshots)]
         old = self.history[seq]
         for k in KEYS:
             assert snap.get(k) == old.get(k), (k, seq)
+        assert snap.multi_get(KEYS[::-1]) == [old.get(k) for k in KEYS[::-1]]
+        assert list(snap.scan(prefix=prefix)) == sorted(
+            (k, v) for k, v in old.items() if k.startswith(prefix))
         want = sorted((k, v) for k, v in old.items() if in_range(k, lo, hi))
         if reverse:
             want.reverse()
@@ -227,6 +274,17 @@ class EngineMachine(RuleBasedStateMachine):
             assert a.largest < b.smallest
 
     @rule()
+    def read_only_view(self) -> None:
+        """A read-only engine opened beside the writer (flushing, compacting) sees the model."""
+        assert self.db is not None
+        ro = engine.open(PATH, fs=self.fs, read_only=True, **self.opts)
+        try:
+            self._check_contents(self.model, ro)
+            assert ro.last_sequence == self.seq
+        finally:
+            ro.close()
+
+    @rule()
     def verify(self) -> None:
         assert self.db is not None
         report = self.db.verify()
@@ -257,21 +315,24 @@ class EngineMachine(RuleBasedStateMachine):
 
     @rule(seed=st.integers(0, 2**32))
     def power_crash(self, seed: int) -> None:
-        """Power failure: only synced data survives (with sync="none", a prefix of history)."""
+        """Power failure: only synced data survives; after unsynced writes, a prefix of history.
+
+        Every write up to ``durable_seq`` (the last synced one) must be
+        there. Torn tails (``rng``) only when every write was synced: unsynced
+        records torn out of order across WAL segments may read as corruption
+        (FORMAT.md, "Torn tail or corruption?").
+        """
         assert self.db is not None
-        always = self.opts["sync"] == "always"
-        crashed = self.fs.crash_clone(random.Random(seed) if always else None)
+        all_synced = self.durable_seq == self.seq
+        crashed = self.fs.crash_clone(random.Random(seed) if all_synced else None)
         self.db.close()
         self._forget_snapshots()
         self.fs = crashed
         self._open()
         recovered = self.db.last_sequence
-        if always:
-            assert recovered == self.seq, "an acknowledged write was lost"
-        else:
-            assert self.durable_seq <= recovered <= self.seq
-            del self.history[recovered + 1:]
-            self.model = dict(self.history[recovered])
+        assert self.durable_seq <= recovered <= self.seq, "a synced write was lost"
+        del self.history[recovered + 1:]
+        self.model = dict(self.history[recovered])
         self.durable_seq = self.seq
         self._check_contents(self.model)
 
