@@ -164,7 +164,7 @@ def run(
     target_file_bytes: int,
     apply_range_tombstones: bool = False,
 ) -> list[TableProperties]:
-    """Merge the task's inputs into new tables; return their properties, in key order.
+    """Merge the inputs of ``task`` into new tables; return their properties, in key order.
 
     Range tombstones of the inputs are carried into the first output (a
     table of only tombstones if nothing else is left). With

@@ -112,7 +112,7 @@ T = TypeVar("T")
 
 # The counters of stats() (Engine.stats documents them); all start at zero.
 STATS_COUNTERS = (
-    "writes", "write_groups", "user_bytes_written", "wal_batches_replayed",
+    "writes", "write_groups", "user_bytes_written", "wal_syncs", "wal_batches_replayed",
     "stall_l0_slowdown", "stall_l0_stop", "stall_memtable", "flushes", "bytes_flushed",
     "compactions", "trivial_moves", "bytes_compacted_in", "bytes_compacted_out",
 )
@@ -1534,6 +1534,9 @@ class Engine:
 
         * ``writes``, ``write_groups``, ``user_bytes_written`` -- batches
           committed, WAL records (group commits) they took, key+value bytes;
+        * ``wal_syncs`` -- write groups made durable with a sync (all of them
+          with ``sync="always"``; only those with a ``sync=True`` write, or
+          ``sync()`` calls, otherwise);
         * ``wal_batches_replayed`` -- batches recovered from the WAL by open;
         * ``stall_l0_slowdown``, ``stall_l0_stop``, ``stall_memtable`` --
           writes delayed 1 ms by L0 files, stopped by L0 files, stopped by
@@ -1557,7 +1560,7 @@ class Engine:
         ``block_cache_bytes``, ``table_index_filter_bytes`` (index and filters
         held in memory), ``certifier`` (sizes of the SSI state), and
         ``background_error`` (the message of the failure that stopped writes,
-        or None).
+        or None), ``read_only`` (opened with ``read_only=True``).
         """
         with self._mutex:
             sv = self._sv

@@ -306,7 +306,8 @@ class Cluster:
                     node, leader.id, seq)
 
     def stats(self) -> dict[str, Any]:
-        """Leader, term, commit index and, per node, its state, applied index and damage."""
+        """Leader, term, commit index and, per node, its state, applied and commit index,
+        the (first, last) index its log holds, and any damage or failure."""
         c = self.consensus
         per_node = []
         for n in self.nodes:
@@ -316,6 +317,7 @@ class Cluster:
             per_node.append({
                 "id": n.id, "state": state, "applied_index": n.applied,
                 "commit_index": c.node_commit_index(n.id),
+                "log": c.log_span(n.id),
                 "snapshots_installed": n.snapshots_installed,
                 "damage": None if n.damaged is None else str(n.damaged.cause),
                 "failure": None if failure is None else repr(failure),

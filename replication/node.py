@@ -35,7 +35,7 @@ import threading
 import time
 from _thread import LockType, allocate_lock
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import engine
 from engine.fs import FileSystem, atomic_write
@@ -51,6 +51,7 @@ __all__ = ["LeaderTransactions", "Node"]
 log = logging.getLogger(__name__)
 
 Ops = dict[bytes, bytes | None]
+T = TypeVar("T")
 _FOLLOWER_APPLY_INTERVAL = 0.002
 SnapshotSource = Callable[[int, int, str], int]
 
@@ -275,18 +276,37 @@ class Node:
             self._tm = LeaderTransactions(self, c, term)
             return self._tm
 
-    def read(self, key: bytes, timeout: float | None = None) -> bytes | None:
-        """A linearizable read: confirm leadership, wait for the read index, read."""
+    def _read_point(self, timeout: float | None) -> engine.Engine:
+        """Confirm leadership (read index) and wait until it is applied: a linearizable point.
+
+        Returns the engine to read; whatever it holds now includes every
+        write acknowledged before the call.
+        """
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         index = self._consensus.read_index(self.id, timeout)
         if not self.wait_applied(index, max(0.0, deadline - time.monotonic())):
             raise Unavailable(f"node {self.id} did not apply index {index} in time")
         e = self.engine
+        if e is None:
+            raise NotLeader(f"node {self.id} went down during the read")
+        return e
+
+    def read(self, key: bytes, timeout: float | None = None) -> bytes | None:
+        """A linearizable read: confirm leadership, wait for the read index, read."""
+        e = self._read_point(timeout)
         try:
-            if e is None:
-                raise engine.ClosedError(f"node {self.id} is down")
             return e.get(key)
+        except engine.ClosedError:
+            raise NotLeader(f"node {self.id} went down during the read") from None
+
+    def read_snapshot(self, reader: Callable[[engine.Snapshot], T],
+                      timeout: float | None = None) -> T:
+        """``reader(snapshot)`` of one linearizable point: several keys or a scan at one index."""
+        e = self._read_point(timeout)
+        try:
+            with e.snapshot() as snap:
+                return reader(snap)
         except engine.ClosedError:
             raise NotLeader(f"node {self.id} went down during the read") from None
 

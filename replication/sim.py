@@ -16,6 +16,12 @@ ambiguous. Transactions are recorded for an offline serializability check
 
 Usage: ``python -m replication.sim --seed 7 --steps 2000 --nodes 5``; it
 prints one line per event when a violation is found (or with ``--verbose``).
+
+``python -m replication.sim --raft --seed 7 --seeds 100 --drop 0.1 --dup 0.05
+--reorder 0.1`` runs the randomized simulation of the pure Raft core instead
+(:mod:`replication.raft.simulation`): N cores over a lossy network with
+crashes that lose unsynced state, checking election safety, log matching,
+leader completeness and state-machine safety after every step.
 """
 
 from __future__ import annotations
@@ -364,14 +370,22 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if "--raft" in args_in:  # the pure core's simulation, with its own options
+        from replication.raft import simulation
+
+        return simulation.main([a for a in args_in if a != "--raft"])
     parser = argparse.ArgumentParser(prog="python -m replication.sim",
-                                     description="Run a seeded deterministic cluster simulation.")
+                                     description="Run a seeded deterministic cluster simulation "
+                                                 "(--raft: of the Raft core; --raft --help).")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
     parser.add_argument("--steps", type=_positive, default=1000,
                         help="workload and fault steps (>= 1)")
     parser.add_argument("--nodes", type=int, choices=(3, 5, 7), default=3)
     parser.add_argument("--verbose", action="store_true", help="print every event")
-    args = parser.parse_args(argv)
+    parser.add_argument("--raft", action="store_true",
+                        help="simulate the pure Raft core instead (--drop/--dup/--reorder...)")
+    args = parser.parse_args(args_in)
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
     def progress(step: int) -> None:
         print(f"seed={seed}: {step} of {args.steps} steps", file=sys.stderr, flush=True)

@@ -315,6 +315,12 @@ class SimulatedConsensus:
             bases = [lg.base_index for lg in self._live_logs()]
         return max(bases, default=0) + 1
 
+    def log_span(self, node: int) -> tuple[int, int] | None:
+        """(first, last) index held in ``node``'s log; None while the node is down."""
+        with self._lock:
+            lg = self._logs[self._check_node(node)]
+            return None if lg is None else (lg.base_index + 1, lg.last_index)
+
     def node_commit_index(self, node: int) -> int:
         return self._node_commit[node]
 

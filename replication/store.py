@@ -24,11 +24,12 @@ on a replica never reaches the log.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import engine
 from engine.errors import ClosedError, SerializationFailure
@@ -46,6 +47,12 @@ def _key(key: object, what: str = "key") -> bytes:
     if not isinstance(key, str):
         raise TypeError(f"{what} must be str, got {type(key).__name__}")
     return key.encode("utf-8")
+
+
+def _iterable(values: Iterable[str], what: str) -> list[str]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be an iterable of str, got {type(values).__name__}")
+    return list(values)
 
 
 def _text(value: bytes | None) -> str | None:
@@ -169,6 +176,51 @@ class KeyValueStore:
         """The latest committed value of ``key`` (linearizable)."""
         k = _key(key)
         return _text(self._on_leader(lambda node, left: node.read(k, left())))
+
+    def multi_get(self, keys: Iterable[str]) -> list[str | None]:
+        """The latest committed values of ``keys``, in the order given, at one log index.
+
+        Linearizable like :meth:`get`, and consistent: every value is read at
+        the same committed index (one leadership check for all of them).
+        """
+        ks = [_key(k, f"keys[{i}]") for i, k in enumerate(_iterable(keys, "keys"))]
+        values = self._on_leader(
+            lambda node, left: node.read_snapshot(lambda snap: snap.multi_get(ks), left()))
+        return [_text(v) for v in values]
+
+    def scan(self, start: str | None = None, end: str | None = None, *,
+             prefix: str | None = None, reverse: bool = False,
+             limit: int | None = None) -> list[tuple[str, str]]:
+        """Pairs with ``start <= key < end`` (or starting with ``prefix``), at one log index.
+
+        Linearizable like :meth:`get`: the whole result is the committed state
+        at one index, read after a leadership check, so it holds every write
+        acknowledged before the call. Returned as a list (a scan that spans a
+        leader change could not stay at one index); ``limit`` bounds it.
+        """
+        lo = None if start is None else _key(start, "start")
+        hi = None if end is None else _key(end, "end")
+        pre = None if prefix is None else _key(prefix, "prefix")
+        if pre is not None and (lo is not None or hi is not None):
+            raise engine.InvalidArgument("give prefix, or start and end, not both")
+        if limit is not None and (type(limit) is not int or limit < 0):
+            raise engine.InvalidArgument(f"limit must be an int >= 0, got {limit!r}")
+
+        def read(snap: engine.Snapshot) -> list[tuple[str, str]]:
+            items = snap.scan(lo, hi, reverse=reverse, prefix=pre)
+            return [(k.decode("utf-8"), v.decode("utf-8"))
+                    for k, v in itertools.islice(items, limit)]
+
+        return self._on_leader(lambda node, left: node.read_snapshot(read, left()))
+
+    def stats(self) -> dict[str, Any]:
+        """The cluster's state (leader, term, indexes, per-node state) plus each running
+        replica's engine stats and log size."""
+        out = self.cluster.stats()
+        for entry, node in zip(out["nodes"], self.cluster.nodes, strict=True):
+            e = node.engine
+            entry["engine"] = e.stats() if e is not None and node.alive else None
+        return out
 
     def transaction(self, *, read_only: bool = False) -> StoreTransaction:
         """Begin a transaction on the leader (a context manager: commit on clean exit)."""

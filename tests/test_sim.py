@@ -71,3 +71,13 @@ def test_many_seeds(nodes: int) -> None:
         if not result.ok:
             failed.append((seed, result.violations[:2]))
     assert not failed, f"python -m replication.sim --nodes {nodes} --steps 150 --seed ...: {failed}"
+
+
+def test_the_cli_runs_the_raft_core_simulation(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m replication.sim --raft`` runs the pure core over a lossy network."""
+    from replication.sim import main
+
+    assert main(["--raft", "--seed", "5", "--seeds", "2", "--steps", "150", "--drop", "0.2",
+                 "--dup", "0.05", "--reorder", "0.1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines] == [["ok", "seed=5"], ["ok", "seed=6"]]

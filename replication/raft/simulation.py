@@ -483,7 +483,8 @@ def run(seed: int, config: SimConfig | None = None) -> SimResult:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``--seed S --seeds K --steps --nodes --drop --dup --reorder``: run and report."""
-    p = argparse.ArgumentParser(description="Seeded Raft core simulation")
+    p = argparse.ArgumentParser(prog="python -m replication.sim --raft",
+                                description="Seeded Raft core simulation")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--seeds", type=int, default=1, help="how many consecutive seeds")
     p.add_argument("--steps", type=int, default=300)
