@@ -14,8 +14,10 @@ every :class:`~replication.raft.node.Ready` in the order the core demands::
 Invariants:
 
 1. Messages of a Ready leave only after its entries and hard state are on
-   stable storage (the core counts the leader's own entries as stored and a
-   vote as cast as soon as they are in a Ready).
+   stable storage -- except the leader's appends and heartbeats
+   (``Ready.early_messages``), which promise nothing about its storage: the
+   core counts the leader's own copy only at ``advance``. So the leader's
+   sync and its followers' overlap (Raft dissertation §10.2.1).
 2. Readies are carried out one at a time, in order, by one thread at a time
    (``_cycle_lock``); the core itself is only touched under ``_lock``, and
    never across a disk write: proposals, reads, ticks and incoming messages
@@ -366,8 +368,10 @@ class RaftConsensus:
                 if not self._raft.has_ready():
                     return False
                 rd = self._raft.ready()
+            for m in rd.early_messages:  # appends overlap the leader's own sync
+                self._network.send(m)
             self._persist(rd)
-            for m in rd.messages:
+            for m in rd.late_messages:
                 self._network.send(m)
             with self._changed:
                 self._apply(rd)

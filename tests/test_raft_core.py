@@ -148,8 +148,15 @@ def test_single_node_elects_commits_and_reads_at_once() -> None:
     index = leader.propose(b"a")
     leader.read_index(b"ctx")
     rd = leader.ready()
-    assert [e.index for e in rd.committed_entries] == [index]  # the no-op applied in elect
-    assert [(r.context, r.index) for r in rd.read_states] == [(b"ctx", 2)]
+    # The leader's own copy counts only once persisted: ``a`` does not commit before
+    # advance; the read is served at what was committed when it came (elect's no-op).
+    assert [e.index for e in rd.entries] == [index]
+    assert [e.index for e in rd.committed_entries] == [index - 1]
+    assert [(r.context, r.index) for r in rd.read_states] == [(b"ctx", index - 1)]
+    net.storage[1].append(rd.entries)
+    leader.advance(rd)
+    rd = leader.ready()
+    assert [e.index for e in rd.committed_entries] == [index]
     leader.advance(rd)
 
 
@@ -189,6 +196,9 @@ def test_leader_commits_only_entries_of_its_own_term_by_counting() -> None:
     leader.campaign()
     leader.step(RequestVoteResponse(2, 1, 3, granted=True))
     assert leader.role == Role.LEADER and leader.raft_log.last_index() == 3
+    rd = leader.ready()
+    st.append(rd.entries)  # the leader persists its no-op (its own copy counts from advance)
+    leader.advance(rd)
     leader.step(AppendEntriesResponse(2, 1, 3, index=2))  # 1 and 2 hold index 2 (term 2)
     assert leader.raft_log.committed == 0
     leader.step(AppendEntriesResponse(2, 1, 3, index=3))  # now the term-3 no-op

@@ -48,13 +48,16 @@ def soak_config(seed: int) -> SimConfig:
                                dup=0.05, reorder=0.1)
 
 
-@pytest.mark.parametrize("seed", [1039, 1126])
+@pytest.mark.parametrize("seed", [1001, 1002])
 def test_soak_regressions(seed: int) -> None:
     """A crash between persisting a snapshot and applying entries must not leave a gap.
 
     (Found by a 1000-seed soak: the simulated driver counted the snapshot as
     applied only in its apply step, so a crash in between restarted the state
-    machine behind its log. The snapshot's checkpoint is part of persisting it.)
+    machine behind its log. The snapshot's checkpoint is part of persisting it.
+    The seeds were 1039 and 1126; sending a leader's appends before its own
+    write changed every run, so these are seeds whose runs again install
+    snapshots under crashes.)
     """
     result = run(seed, soak_config(seed))
     assert result.snapshots > 0 and result.crashes > 0

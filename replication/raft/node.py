@@ -17,7 +17,8 @@ The driver's loop, and the one rule it must follow::
                                │
       1. persist  rd.snapshot (install the checkpoint it names and restart the
                   log after it), then rd.entries, then rd.hard_state (one sync)
-      2. send     rd.messages                (only after step 1 is durable)
+      2. send     rd.late_messages           (only after step 1 is durable;
+                  rd.early_messages may leave before step 1)
       3. apply    rd.committed_entries, in order (after the snapshot's state);
                   answer rd.read_states once applied >= their index;
                   fail rd.dropped_reads (NotLeader); note rd.soft_state
@@ -27,6 +28,10 @@ The driver's loop, and the one rule it must follow::
 promise what the hard state and entries say (a vote, an acknowledged
 append); if it left before they were durable, a crash would let this node
 break the promise (vote twice, or "lose" an entry a quorum was counted on).
+A leader's appends and heartbeats promise nothing (``early_messages``):
+the leader counts its own copy of an entry only in :meth:`RaftNode.advance`,
+after it is persisted, so they may leave while the leader writes -- the
+leader's and the followers' syncs then overlap (Raft dissertation §10.2.1).
 
 Invariants the core keeps (violations raise :class:`RaftInvariantError`):
 
@@ -201,7 +206,8 @@ class Ready:
     ``hard_state``: persist if not None (it changed since the last Ready).
     ``must_sync``: term, vote, entries or snapshot changed, so the write must be synced
     before ``messages`` leave (a commit-only change need not be).
-    ``messages``: send after persisting.
+    ``messages``: send after persisting -- except ``early_messages`` (the
+    leader's appends and heartbeats), which may leave before.
     ``committed_entries``: apply in order after persisting (they may
     include some of ``entries``).
     ``read_states``: confirmed reads; ``dropped_reads``: contexts of reads
@@ -218,6 +224,21 @@ class Ready:
     read_states: tuple[ReadState, ...]
     dropped_reads: tuple[bytes, ...]
     soft_state: SoftState | None
+
+    @property
+    def early_messages(self) -> tuple[Message, ...]:
+        """Messages that may leave before this Ready is persisted: appends and heartbeats.
+
+        They promise nothing about this node's storage: a leader counts its own
+        entries toward a commit only once :meth:`RaftNode.advance` says they are
+        persisted, and only leaders send them.
+        """
+        return tuple(m for m in self.messages if isinstance(m, AppendEntries | Heartbeat))
+
+    @property
+    def late_messages(self) -> tuple[Message, ...]:
+        """Messages that must wait for this Ready's write: votes, responses, the rest."""
+        return tuple(m for m in self.messages if not isinstance(m, AppendEntries | Heartbeat))
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +485,11 @@ class RaftNode:
         if rd.entries:
             last = rd.entries[-1]
             self._log.stable_to(last.index, last.term)
+            if self.role == Role.LEADER and self._log.term(last.index) == last.term:
+                # Now, and not at append, the leader's own copy counts toward a commit.
+                self._prs[self.id].maybe_update(last.index)
+                if self._maybe_commit():
+                    self._broadcast_pending = True
         if rd.committed_entries:
             self._log.applied_to(rd.committed_entries[-1].index)
 
@@ -707,10 +733,15 @@ class RaftNode:
         last = self._log.last_index()
         entries = [LogEntry(last + i + 1, self.term, p) for i, p in enumerate(payloads)]
         last = self._log.append(entries)
-        self._prs[self.id].maybe_update(last)
-        self._maybe_commit()
+        # The leader counts its own copy only once it is persisted (advance), so
+        # its appends may leave before its own write (Raft dissertation 10.2.1).
         self._broadcast_pending = True
         return last
+
+    def _stable_last(self) -> int:
+        """The last index this node has persisted (its unstable entries are not)."""
+        u = self._log.unstable
+        return u.offset - 1 if u.entries else self._log.last_index()
 
     def _maybe_commit(self) -> bool:
         match = {p: pr.match for p, pr in self._prs.items()}
@@ -831,7 +862,7 @@ class RaftNode:
             pr.last_active = self._ticks  # a grace period: everyone counts as just heard
             self._prs[p] = pr
         me = self._prs[self.id]
-        me.match = last
+        me.match = self._stable_last()  # only what it persisted counts (see advance)
         me.become_replicate()
         log.info("node %d becomes leader at term %d", self.id, self.term)
         self._append_payloads([b""])  # the no-op that commits earlier terms' entries

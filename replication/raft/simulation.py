@@ -294,12 +294,19 @@ class Simulation:
             return
         rd = r.ready()
         self._after(n)
+        for m in rd.early_messages:  # a leader's appends leave while it writes
+            self._send(m)
+        if rd.early_messages and self.rng.random() < self.cfg.crash_rate * 0.2 \
+                and self._may_crash():
+            self._event("crash after the early sends, before persist", n.id)
+            self._crash(n)
+            return
         self._persist(n, rd)
         if self.rng.random() < self.cfg.crash_rate * 0.2 and self._may_crash():
             self._event("crash after persist, before send", n.id)
             self._crash(n)
             return
-        for m in rd.messages:
+        for m in rd.late_messages:
             self._send(m)
         self._apply(n, rd)
         r.advance(rd)
