@@ -87,12 +87,12 @@ class Cluster:
         self._dir_lock = self._lock_directory()
         self._closed = False
         self.nodes: list[Node] = []
+        consensus: SimulatedConsensus | None = None
         try:
             size = self._check_layout(nodes)
-            self.consensus = SimulatedConsensus(path, size, fs=self.fs,
-                                                election_delay=election_delay, latency=latency,
-                                                seed=seed, deterministic=deterministic,
-                                                damaged=self._interrupted_repairs(size))
+            consensus = self.consensus = SimulatedConsensus(
+                path, size, fs=self.fs, election_delay=election_delay, latency=latency,
+                seed=seed, deterministic=deterministic, damaged=self._interrupted_repairs(size))
             self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus,
                                self.engine_options, self.fs, self._snapshot_for,
                                timeout=timeout) for i in range(size)]
@@ -100,8 +100,8 @@ class Cluster:
         except BaseException:
             for node in self.nodes:
                 node.stop()
-            if hasattr(self, "consensus"):
-                self.consensus.close()
+            if consensus is not None:
+                consensus.close()
             self._dir_lock.release()
             raise
         self._stop = threading.Event()
