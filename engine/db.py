@@ -56,7 +56,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -88,7 +87,6 @@ from engine.errors import (
     EngineError,
     InvalidArgument,
     ReadOnlyError,
-    SerializationFailure,
     StorageError,
 )
 from engine.fs import FileSystem, OSFileSystem
@@ -98,6 +96,12 @@ from engine.logfile import LogFile
 from engine.manifest import CURRENT, Manifest, RecoveredState
 from engine.memtable import Entry, MemTable
 from engine.options import Options
+from engine.retry import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_MAX_RETRIES,
+    run_with_retries,
+)
 from engine.ssi import SERIALIZATION_REASONS, Certifier, TxnState
 from engine.sstable import Table, TableBuilder, TableProperties
 from engine.txn import Transaction
@@ -1217,31 +1221,22 @@ class Engine:
         """
         return self.begin(read_only=read_only, sync=sync)
 
-    def run_transaction(self, fn: Callable[[Transaction], T], *, max_retries: int = 10,
-                        backoff_base: float = 0.001, backoff_max: float = 0.1,
+    def run_transaction(self, fn: Callable[[Transaction], T], *,
+                        max_retries: int = DEFAULT_MAX_RETRIES,
+                        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
                         read_only: bool = False) -> T:
         """Run ``fn(tx)`` and commit, retrying SerializationFailure with jittered backoff.
 
-        Re-raises the last SerializationFailure after ``max_retries`` retries;
-        any other exception rolls back and propagates at once.
+        The loop is :func:`engine.retry.run_with_retries`: at most
+        ``max_retries`` retries (default ``DEFAULT_MAX_RETRIES``, 30), each
+        after a random wait of up to ``min(backoff_max, backoff_base *
+        2**retry)`` seconds; then the last SerializationFailure is
+        re-raised. Any other exception rolls back and propagates at once.
         """
-        attempt = 0
-        while True:
-            tx = self.begin(read_only=read_only)
-            try:
-                result = fn(tx)
-                tx.commit()
-                return result
-            except SerializationFailure:
-                tx.rollback()
-                if attempt >= max_retries:
-                    raise
-                delay = min(backoff_max, backoff_base * (2 ** attempt))
-                time.sleep(random.uniform(0, delay))
-                attempt += 1
-            except BaseException:
-                tx.rollback()
-                raise
+        return run_with_retries(lambda: self.begin(read_only=read_only), fn,
+                                max_retries=max_retries, backoff_base_s=backoff_base,
+                                backoff_max_s=backoff_max)
 
     # ------------------------------------------------------------------ background work
 
