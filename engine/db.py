@@ -93,7 +93,7 @@ from engine.fs import FileSystem, OSFileSystem
 from engine.invariants import VerifyReport, check_table, verify_store
 from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
 from engine.logfile import LogFile
-from engine.manifest import CURRENT, Manifest, RecoveredState
+from engine.manifest import CURRENT, Manifest, RecoveredState, is_current_temp
 from engine.memtable import Entry, MemTable
 from engine.options import Options
 from engine.retry import (
@@ -578,7 +578,7 @@ class Engine:
         for name in self._fs.listdir(self.path):
             parsed = parse_file_name(name)
             if parsed is None:
-                if not name.endswith(".dbtmp"):
+                if not is_current_temp(name):  # an unfinished CURRENT update is garbage
                     continue
             else:
                 kind, number = parsed
