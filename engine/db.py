@@ -102,7 +102,7 @@ from engine.retry import (
     DEFAULT_MAX_RETRIES,
     run_with_retries,
 )
-from engine.ssi import SERIALIZATION_REASONS, Certifier, TxnState
+from engine.ssi import SERIALIZATION_REASONS, BlindWrite, BlindWrites, Certifier, TxnState
 from engine.sstable import Table, TableBuilder, TableProperties
 from engine.txn import Transaction
 from engine.version import FileMeta, Version, VersionEdit
@@ -135,9 +135,14 @@ class _StoreChanged(Exception):
 
 
 class _Writer:
-    """A queued write: one or more (sequence, ops) batches, and the certifier states to settle."""
+    """A queued write: one or more (sequence, ops) batches, and what the certifier must settle.
 
-    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states", "sync")
+    ``states`` is a transaction's certifier state, ``blind`` the handles of
+    its batches as blind writes (:class:`engine.ssi.BlindWrites`); the group
+    that writes it settles both under ``_mutex``.
+    """
+
+    __slots__ = ("batches", "blind", "cv", "done", "error", "nbytes", "states", "sync")
 
     def __init__(self, batches: list[tuple[int, Ops]], nbytes: int,
                  cv: threading.Condition, sync: bool) -> None:
@@ -146,7 +151,7 @@ class _Writer:
         self.cv = cv
         self.sync = sync  # the group that writes this one must fsync
         self.states: list[TxnState] = []
-        self.registered = False  # recorded with the certifier (as a transaction or blind write)
+        self.blind: list[BlindWrite] = []
         self.done = False
         self.error: BaseException | None = None
 
@@ -226,8 +231,7 @@ class _LocalTransactions:
                 durable = e._default_sync if sync is None else e._sync_arg(sync)
                 return e._write(ops, nbytes, txn=state, sync=durable, what="commit")
             with e._mutex:
-                e._certifier.certify(state, (), None, time.monotonic())
-                e._certifier.committed(state)
+                e._certifier.commit_empty(state, time.monotonic())
             return None
         except BaseException:
             # Refused before certification (closed or read-only engine): forget
@@ -339,6 +343,7 @@ class Engine:
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._blind = BlindWrites(self._certifier)  # writes outside transactions (_mutex)
         self._default_sync = self.options.sync == "always"
         # Closed WAL segments holding records written without a sync: a synced
         # write syncs them first, so that it never survives a crash that
@@ -734,10 +739,8 @@ class Engine:
                 if txn is not None:
                     self._certifier.certify(txn, ops, seq, now)
                     w.states.append(txn)
-                    w.registered = True
-                elif ops and self._certifier.tracking:
-                    w.states.append(self._record_blind_write(ops, seq, now))
-                    w.registered = True
+                elif ops:
+                    w.blind.append(self._submit_blind_write(ops, seq, now))
                 w.batches.append((seq, ops))
                 last = seq
             if not w.batches and items:
@@ -807,12 +810,12 @@ class Engine:
             raise error
         return last
 
-    def _record_blind_write(self, ops: Ops, seq: int, now: float) -> TxnState:
-        """Record a write outside transactions with the certifier. Holds _mutex."""
+    def _submit_blind_write(self, ops: Ops, seq: int, now: float) -> BlindWrite:
+        """Hand a write outside transactions to the blind-write registry. Holds _mutex."""
         rng = range_of(ops)
         if rng is None:
-            return self._certifier.record_blind_write(ops, seq, now)
-        return self._certifier.record_blind_write((), seq, now, ranges=(rng,))
+            return self._blind.submit(seq, ops, now)
+        return self._blind.submit(seq, (), now, ranges=(rng,))
 
     def _sync_segments(self, segments: list[tuple[int, str]]) -> None:
         """Sync closed WAL segments that hold unsynced records. Group leader, no mutex.
@@ -840,6 +843,8 @@ class Engine:
                     self._certifier.committed(state)
                 else:
                     self._certifier.abort(state, "storage_error")
+            for blind in x.blind:  # visible now (_visible_seq is published), or lost
+                self._blind.settle(blind, error is None, reason="storage_error")
             x.cv.notify()
         if self._writers:
             self._writers[0].cv.notify()
@@ -1200,14 +1205,9 @@ class Engine:
             seq = self._visible_seq
             now = time.monotonic()
             self._certifier.expire(now)
-            if not self._certifier.tracking:
-                # Writes queued while nothing was tracked were not recorded;
-                # those this snapshot cannot see must be, before it reads.
-                for w in self._writers:
-                    if not w.registered:
-                        w.registered = True
-                        w.states += [self._record_blind_write(ops, s, now)
-                                     for s, ops in w.batches if s > seq and ops]
+            # Writes queued while nothing was tracked were not recorded; those
+            # this snapshot cannot see must be, before it reads.
+            self._blind.on_begin(seq, now)
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
             if self._read_only:
