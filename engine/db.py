@@ -56,7 +56,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from bisect import bisect_left, bisect_right
@@ -88,17 +87,22 @@ from engine.errors import (
     EngineError,
     InvalidArgument,
     ReadOnlyError,
-    SerializationFailure,
     StorageError,
 )
 from engine.fs import FileSystem, OSFileSystem
 from engine.invariants import VerifyReport, check_table, verify_store
 from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
 from engine.logfile import LogFile
-from engine.manifest import CURRENT, Manifest, RecoveredState
+from engine.manifest import CURRENT, Manifest, RecoveredState, is_current_temp
 from engine.memtable import Entry, MemTable
 from engine.options import Options
-from engine.ssi import SERIALIZATION_REASONS, Certifier, TxnState
+from engine.retry import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_MAX_RETRIES,
+    run_with_retries,
+)
+from engine.ssi import SERIALIZATION_REASONS, BlindWrite, BlindWrites, Certifier, TxnState
 from engine.sstable import Table, TableBuilder, TableProperties
 from engine.txn import Transaction
 from engine.version import FileMeta, Version, VersionEdit
@@ -131,9 +135,14 @@ class _StoreChanged(Exception):
 
 
 class _Writer:
-    """A queued write: one or more (sequence, ops) batches, and the certifier states to settle."""
+    """A queued write: one or more (sequence, ops) batches, and what the certifier must settle.
 
-    __slots__ = ("batches", "cv", "done", "error", "nbytes", "registered", "states", "sync")
+    ``states`` is a transaction's certifier state, ``blind`` the handles of
+    its batches as blind writes (:class:`engine.ssi.BlindWrites`); the group
+    that writes it settles both under ``_mutex``.
+    """
+
+    __slots__ = ("batches", "blind", "cv", "done", "error", "nbytes", "states", "sync")
 
     def __init__(self, batches: list[tuple[int, Ops]], nbytes: int,
                  cv: threading.Condition, sync: bool) -> None:
@@ -142,7 +151,7 @@ class _Writer:
         self.cv = cv
         self.sync = sync  # the group that writes this one must fsync
         self.states: list[TxnState] = []
-        self.registered = False  # recorded with the certifier (as a transaction or blind write)
+        self.blind: list[BlindWrite] = []
         self.done = False
         self.error: BaseException | None = None
 
@@ -222,8 +231,7 @@ class _LocalTransactions:
                 durable = e._default_sync if sync is None else e._sync_arg(sync)
                 return e._write(ops, nbytes, txn=state, sync=durable, what="commit")
             with e._mutex:
-                e._certifier.certify(state, (), None, time.monotonic())
-                e._certifier.committed(state)
+                e._certifier.commit_empty(state, time.monotonic())
             return None
         except BaseException:
             # Refused before certification (closed or read-only engine): forget
@@ -335,6 +343,7 @@ class Engine:
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
         self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._blind = BlindWrites(self._certifier)  # writes outside transactions (_mutex)
         self._default_sync = self.options.sync == "always"
         # Closed WAL segments holding records written without a sync: a synced
         # write syncs them first, so that it never survives a crash that
@@ -574,7 +583,7 @@ class Engine:
         for name in self._fs.listdir(self.path):
             parsed = parse_file_name(name)
             if parsed is None:
-                if not name.endswith(".dbtmp"):
+                if not is_current_temp(name):  # an unfinished CURRENT update is garbage
                     continue
             else:
                 kind, number = parsed
@@ -730,10 +739,8 @@ class Engine:
                 if txn is not None:
                     self._certifier.certify(txn, ops, seq, now)
                     w.states.append(txn)
-                    w.registered = True
-                elif ops and self._certifier.tracking:
-                    w.states.append(self._record_blind_write(ops, seq, now))
-                    w.registered = True
+                elif ops:
+                    w.blind.append(self._submit_blind_write(ops, seq, now))
                 w.batches.append((seq, ops))
                 last = seq
             if not w.batches and items:
@@ -803,12 +810,12 @@ class Engine:
             raise error
         return last
 
-    def _record_blind_write(self, ops: Ops, seq: int, now: float) -> TxnState:
-        """Record a write outside transactions with the certifier. Holds _mutex."""
+    def _submit_blind_write(self, ops: Ops, seq: int, now: float) -> BlindWrite:
+        """Hand a write outside transactions to the blind-write registry. Holds _mutex."""
         rng = range_of(ops)
         if rng is None:
-            return self._certifier.record_blind_write(ops, seq, now)
-        return self._certifier.record_blind_write((), seq, now, ranges=(rng,))
+            return self._blind.submit(seq, ops, now)
+        return self._blind.submit(seq, (), now, ranges=(rng,))
 
     def _sync_segments(self, segments: list[tuple[int, str]]) -> None:
         """Sync closed WAL segments that hold unsynced records. Group leader, no mutex.
@@ -836,6 +843,8 @@ class Engine:
                     self._certifier.committed(state)
                 else:
                     self._certifier.abort(state, "storage_error")
+            for blind in x.blind:  # visible now (_visible_seq is published), or lost
+                self._blind.settle(blind, error is None, reason="storage_error")
             x.cv.notify()
         if self._writers:
             self._writers[0].cv.notify()
@@ -1196,14 +1205,9 @@ class Engine:
             seq = self._visible_seq
             now = time.monotonic()
             self._certifier.expire(now)
-            if not self._certifier.tracking:
-                # Writes queued while nothing was tracked were not recorded;
-                # those this snapshot cannot see must be, before it reads.
-                for w in self._writers:
-                    if not w.registered:
-                        w.registered = True
-                        w.states += [self._record_blind_write(ops, s, now)
-                                     for s, ops in w.batches if s > seq and ops]
+            # Writes queued while nothing was tracked were not recorded; those
+            # this snapshot cannot see must be, before it reads.
+            self._blind.on_begin(seq, now)
             state = self._certifier.begin(seq, now, read_only=read_only)
             self._snapshots[seq] += 1
             if self._read_only:
@@ -1217,31 +1221,22 @@ class Engine:
         """
         return self.begin(read_only=read_only, sync=sync)
 
-    def run_transaction(self, fn: Callable[[Transaction], T], *, max_retries: int = 10,
-                        backoff_base: float = 0.001, backoff_max: float = 0.1,
+    def run_transaction(self, fn: Callable[[Transaction], T], *,
+                        max_retries: int = DEFAULT_MAX_RETRIES,
+                        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
                         read_only: bool = False) -> T:
         """Run ``fn(tx)`` and commit, retrying SerializationFailure with jittered backoff.
 
-        Re-raises the last SerializationFailure after ``max_retries`` retries;
-        any other exception rolls back and propagates at once.
+        The loop is :func:`engine.retry.run_with_retries`: at most
+        ``max_retries`` retries (default ``DEFAULT_MAX_RETRIES``, 30), each
+        after a random wait of up to ``min(backoff_max, backoff_base *
+        2**retry)`` seconds; then the last SerializationFailure is
+        re-raised. Any other exception rolls back and propagates at once.
         """
-        attempt = 0
-        while True:
-            tx = self.begin(read_only=read_only)
-            try:
-                result = fn(tx)
-                tx.commit()
-                return result
-            except SerializationFailure:
-                tx.rollback()
-                if attempt >= max_retries:
-                    raise
-                delay = min(backoff_max, backoff_base * (2 ** attempt))
-                time.sleep(random.uniform(0, delay))
-                attempt += 1
-            except BaseException:
-                tx.rollback()
-                raise
+        return run_with_retries(lambda: self.begin(read_only=read_only), fn,
+                                max_retries=max_retries, backoff_base_s=backoff_base,
+                                backoff_max_s=backoff_max)
 
     # ------------------------------------------------------------------ background work
 

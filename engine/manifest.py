@@ -6,8 +6,12 @@ the WAL, whose records are ``VERSION_EDIT`` payloads) and ``CURRENT``::
     CURRENT := "MANIFEST-<n>\\n" "crc32c " hex8 "\\n"   # hex of mask(crc32c(first line))
 
 Every open writes a fresh manifest holding one snapshot edit of the whole
-version, then switches CURRENT to it by write-temp, fsync, rename,
-fsync-directory; so CURRENT always names a complete manifest. A torn last
+version, then switches CURRENT to it with :func:`engine.fs.atomic_write`
+(write ``CURRENT.tmp``, fsync, rename, fsync-directory); so CURRENT always
+names a complete manifest. A crash can leave ``CURRENT.tmp`` behind (the
+next open's install writes it anew and renames it away) or, in a store
+written by an older stratakv, ``<n>.dbtmp``; open deletes whatever such
+temporaries remain (:func:`is_current_temp`). A torn last
 edit is the trace of an operation that never finished (its files are then
 unreferenced and deleted); any other damage -- including a complete last edit
 with a bad checksum, which may already have been acted on -- is corruption.
@@ -23,15 +27,25 @@ from dataclasses import dataclass
 
 from engine.encoding import FileKind, RecordTag, crc, file_name, mask_crc, parse_file_name
 from engine.errors import CorruptionError, InvalidArgument
-from engine.fs import FileSystem
+from engine.fs import FileSystem, atomic_write
 from engine.logfile import LogFile, read_log_file
 from engine.version import Version, VersionEdit
 
-__all__ = ["CURRENT", "Manifest", "RecoveredState"]
+__all__ = ["CURRENT", "CURRENT_TMP", "Manifest", "RecoveredState", "is_current_temp"]
 
 log = logging.getLogger(__name__)
 
 CURRENT = "CURRENT"
+CURRENT_TMP = CURRENT + ".tmp"  # what atomic_write writes before the rename
+
+
+def is_current_temp(name: str) -> bool:
+    """Is ``name`` a CURRENT update a crash left unfinished (deleted on open)?
+
+    ``CURRENT.tmp`` is what :func:`engine.fs.atomic_write` leaves; stores
+    written before it was used here named the temporary ``<n>.dbtmp``.
+    """
+    return name == CURRENT_TMP or name.endswith(".dbtmp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +135,8 @@ class Manifest:
         """Start manifest ``number`` with ``snapshot`` and point CURRENT at it."""
         new = LogFile(self._fs, self._dirname, FileKind.MANIFEST, number)
         new.append(bytes((RecordTag.VERSION_EDIT,)) + snapshot.encode(), sync=True)
-        tmp = self._fs.join(self._dirname, f"{number:06d}.dbtmp")
-        f = self._fs.create(tmp)
-        f.append(_current_text(file_name(FileKind.MANIFEST, number)))
-        f.sync()
-        f.close()
-        self._fs.rename(tmp, self._fs.join(self._dirname, CURRENT))
-        self._fs.sync_dir(self._dirname)
+        text = _current_text(file_name(FileKind.MANIFEST, number))
+        atomic_write(self._fs, self._fs.join(self._dirname, CURRENT), lambda f: f.append(text))
         if self._file is not None:
             self._file.close()
         self._file = new

@@ -52,7 +52,7 @@ from engine.fs import FileSystem
 from engine.invariants import VerifyReport, check_table
 from engine.iterators import Cursor, LevelCursor, MemCursor, scan_items
 from engine.logfile import read_log_file
-from engine.manifest import CURRENT, Manifest, RecoveredState, read_current
+from engine.manifest import CURRENT, Manifest, RecoveredState, is_current_temp, read_current
 from engine.memtable import MemTable
 from engine.options import Options
 from engine.record import LogScan, body_records, read_log
@@ -1025,7 +1025,7 @@ def verify_store_offline(fs: FileSystem, path: str) -> VerifyResult:
     _verify_wals(fs, result, path, names, state)
     for name in names:
         parsed = parse_file_name(name)
-        if name.endswith(".dbtmp"):
+        if is_current_temp(name):
             result.note(name, "temporary", f"{fs.join(path, name)}: an unfinished CURRENT "
                                            "update; open deletes it")
         elif (parsed is not None and parsed[0] is FileKind.MANIFEST and manifest_name

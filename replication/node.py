@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import engine
 from engine.fs import FileSystem, atomic_write
-from engine.ssi import Certifier, TxnState
+from engine.ssi import BlindWrite, BlindWrites, Certifier, TxnState
 from engine.txn import Transaction
 from replication.command import decode_command, encode_command
 from replication.consensus import Proposal
@@ -323,18 +323,19 @@ def _down_is_not_leader(items: Iterator[tuple[bytes, bytes]], node: int
 class _Inflight:
     """A write set handed to the log and not yet settled with the certifier.
 
-    ``states`` are the certifier states its commit settles: the
-    transaction's own, or a blind write's -- recorded at submit if the
-    certifier was tracking, else by the first ``begin`` whose snapshot cannot
-    see it (``blind`` holds its keys until then). All fields: caller holds
-    ``LeaderTransactions._lock``.
+    Its commit settles either ``txn``, the transaction's certifier state, or
+    ``blind``, a blind write's handle in the :class:`engine.ssi.BlindWrites`
+    registry (which records it at submit if the certifier was tracking, else
+    at the first ``begin`` whose snapshot cannot see it). All fields: caller
+    holds ``LeaderTransactions._lock``.
     """
 
-    __slots__ = ("blind", "index", "proposal", "states")
+    __slots__ = ("blind", "index", "proposal", "txn")
 
-    def __init__(self, index: int, states: list[TxnState], blind: Ops | None) -> None:
+    def __init__(self, index: int, *, txn: TxnState | None = None,
+                 blind: BlindWrite | None = None) -> None:
         self.index = index
-        self.states = states
+        self.txn = txn
         self.blind = blind
         self.proposal: Proposal | None = None
 
@@ -348,13 +349,14 @@ class LeaderTransactions:
        order is certification order (ssi.py invariant 1), and the entry must
        land in this manager's term at the index the certifier used.
     2. A blind write the certifier did not record at submit (nothing was
-       tracked then) stays in ``_unregistered`` until it is visible in the
-       leader's engine or lost, and is removed only under ``_lock``. ``begin``
-       takes its snapshot and records every such write the snapshot cannot
-       see in one ``_lock`` section -- so no write is in neither the snapshot
-       nor the certifier. (The removal once ran without the lock, between a
-       snapshot and the copy of this set, and a transaction overwrote a put
-       it never saw: a lost update.)
+       tracked then) stays pending in ``_blind`` (:class:`engine.ssi.BlindWrites`)
+       until it is visible in the leader's engine or lost, and is settled --
+       removed -- only under ``_lock``. ``begin`` takes its snapshot and
+       records every such write the snapshot cannot see (``on_begin``) in one
+       ``_lock`` section -- so no write is in neither the snapshot nor the
+       certifier. (The removal once ran without the lock, between a snapshot
+       and the copy of this set, and a transaction overwrote a put it never
+       saw: a lost update.)
     3. Every certifier state is settled: committed once its entry is applied
        here, aborted once the entry is lost. The client that waits settles
        it; if it stops waiting first (AmbiguousCommit, or committed but not
@@ -374,10 +376,10 @@ class LeaderTransactions:
         self._engine = e
         self._consensus = consensus
         self._certifier = Certifier("ssi", e.options.max_txn_age)
+        self._blind = BlindWrites(self._certifier)  # writes outside transactions (invariant 2)
         self._lock = threading.Lock()
         self._snapshots: dict[int, engine.Snapshot] = {}
         self._timeouts: dict[int, float] = {}  # txn id -> its store's timeout, for commit
-        self._unregistered: dict[int, _Inflight] = {}  # index -> blind write (invariant 2)
         self._orphans: list[_Inflight] = []  # writes whose client stopped waiting
         self._unsettled = 0  # certified write sets not yet settled (waited on or orphans)
         self._retired: str | None = None
@@ -395,14 +397,18 @@ class LeaderTransactions:
             self._retired = why
 
     def _settle(self, rec: _Inflight, committed: bool) -> None:
-        """Commit or abort ``rec``'s states and forget it. Holds _lock."""
+        """Commit or abort ``rec``'s certifier state and forget it. Holds _lock.
+
+        Committed means applied here: visible to every snapshot taken after.
+        """
         self._unsettled -= 1
-        for s in rec.states:
+        if rec.txn is not None:
             if committed:
-                self._certifier.committed(s)
+                self._certifier.committed(rec.txn)
             else:
-                self._certifier.abort(s, "lost")
-        self._unregistered.pop(rec.index, None)
+                self._certifier.abort(rec.txn, "lost")
+        if rec.blind is not None:
+            self._blind.settle(rec.blind, committed, reason="lost")
 
     def _settle_orphans(self) -> None:
         """Settle the orphans whose fate is now known (invariant 3). Holds _lock."""
@@ -455,17 +461,13 @@ class LeaderTransactions:
         with self._lock:
             self._check()
             # Settle orphans *before* the snapshot: one settled as committed after it
-            # would leave _unregistered although the snapshot cannot see it (invariant 2).
+            # would leave the pending blind writes although the snapshot cannot see
+            # it (invariant 2).
             if self._orphans:
                 self._settle_orphans()
             snap = self._engine.snapshot()
             self._certifier.expire(now)
-            for rec in self._unregistered.values():  # invariant 2
-                if rec.index > snap.sequence and rec.blind is not None:
-                    rec.states.append(
-                        self._certifier.record_blind_write(rec.blind, rec.index, now))
-                rec.blind = None
-            self._unregistered.clear()
+            self._blind.on_begin(snap.sequence, now)  # invariant 2
             state = self._certifier.begin(snap.sequence, now, read_only=read_only)
             self._snapshots[state.txn_id] = snap
             self._timeouts[state.txn_id] = node.timeout if commit_timeout is None \
@@ -508,13 +510,12 @@ class LeaderTransactions:
         try:
             if not ops:
                 with self._lock:
-                    self._certifier.certify(state, (), None, self._consensus.now())
-                    self._certifier.committed(state)
+                    self._certifier.commit_empty(state, self._consensus.now())
                 return None
 
             def certify(seq: int) -> _Inflight:
                 self._certifier.certify(state, ops, seq, self._consensus.now())
-                return _Inflight(seq, [state], None)
+                return _Inflight(seq, txn=state)
 
             return self._propose(ops, certify, timeout)
         finally:
@@ -530,12 +531,7 @@ class LeaderTransactions:
         builds it through an ``engine.WriteBatch``.
         """
         def record(seq: int) -> _Inflight:
-            if self._certifier.tracking:
-                state = self._certifier.record_blind_write(ops, seq, self._consensus.now())
-                return _Inflight(seq, [state], None)
-            rec = _Inflight(seq, [], ops)
-            self._unregistered[seq] = rec
-            return rec
+            return _Inflight(seq, blind=self._blind.submit(seq, ops, self._consensus.now()))
 
         return self._propose(ops, record, self._node.timeout if timeout is None else timeout)
 

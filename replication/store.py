@@ -33,6 +33,12 @@ from typing import Any, TypeVar
 
 import engine
 from engine.errors import ClosedError, SerializationFailure
+from engine.retry import (
+    DEFAULT_BACKOFF_BASE_S,
+    DEFAULT_BACKOFF_MAX_S,
+    DEFAULT_MAX_RETRIES,
+    run_with_retries,
+)
 from engine.txn import Transaction
 from replication.cluster import Cluster
 from replication.errors import AmbiguousCommit, NotLeader, Unavailable
@@ -228,33 +234,30 @@ class KeyValueStore:
             lambda node, left: node.transactions(left()).begin(
                 read_only=read_only, timeout=left(), commit_timeout=self.timeout)))
 
-    def run_transaction(self, fn: Callable[[StoreTransaction], T], *, max_retries: int = 30,
+    def run_transaction(self, fn: Callable[[StoreTransaction], T], *,
+                        max_retries: int = DEFAULT_MAX_RETRIES,
+                        backoff_base: float = DEFAULT_BACKOFF_BASE_S,
+                        backoff_max: float = DEFAULT_BACKOFF_MAX_S,
                         read_only: bool = False) -> T:
         """Run ``fn(tx)`` and commit, retrying serialization failures and leader changes.
 
-        Retries use jittered exponential backoff; after ``max_retries`` the last
-        error is raised. AmbiguousCommit is never retried.
+        The engine's loop (:func:`engine.retry.run_with_retries`, the same
+        default of 30 retries and the same jittered exponential backoff),
+        retrying SerializationFailure, NotLeader and Unavailable; after
+        ``max_retries`` the last error is raised. AmbiguousCommit is never
+        retried. A deterministic cluster waits by stepping its simulation.
         """
-        attempt = 0
-        while True:
-            tx = self.transaction(read_only=read_only)
-            try:
-                result = fn(tx)
-                tx.commit()
-                return result
-            except (SerializationFailure, NotLeader, Unavailable):
-                tx.rollback()
-                if attempt >= max_retries:
-                    raise
-                backoff = min(0.1, 0.001 * 2 ** attempt)
-                if self.cluster.deterministic:
-                    self.cluster.step()
-                else:
-                    time.sleep(random.uniform(0, backoff))
-                attempt += 1
-            except BaseException:
-                tx.rollback()
-                raise
+        def sleep(seconds: float) -> None:
+            if self.cluster.deterministic:
+                self.cluster.step()
+            else:
+                time.sleep(seconds)
+
+        return run_with_retries(lambda: self.transaction(read_only=read_only), fn,
+                                max_retries=max_retries, backoff_base_s=backoff_base,
+                                backoff_max_s=backoff_max,
+                                retryable=(SerializationFailure, NotLeader, Unavailable),
+                                sleep=sleep)
 
     def outcome(self, ambiguous: AmbiguousCommit, timeout: float | None = None) -> bool:
         """Resolve an AmbiguousCommit: True if that write committed (whole), False if never.

@@ -191,6 +191,40 @@ def test_sync_failure_fails_the_commit() -> None:
     db.close()
 
 
+def test_a_crash_during_the_current_update_leaves_a_temp_file_that_open_deletes() -> None:
+    """Killed between writing CURRENT.tmp and renaming it: the old CURRENT holds; open cleans up.
+
+    CURRENT is replaced through engine.fs.atomic_write, whose temporary is
+    ``CURRENT.tmp`` (the next install reuses and renames it); a store written
+    by an older version may hold a ``<n>.dbtmp`` instead, which open must
+    delete. A power-loss image holds no temporary at all.
+    """
+    fs = MemFS()
+    with engine.open("/db", fs=fs) as db:
+        db.put(b"k", b"v")
+
+    def killed_before_rename(op: str, path: str) -> None:
+        if op == "rename" and path.endswith("/CURRENT"):
+            raise OSError(errno.EIO, "killed", path)
+
+    fs.set_fault(killed_before_rename)
+    with pytest.raises(OSError):
+        engine.open("/db", fs=fs)
+    fs.set_fault(None)
+    killed = fs.process_crash_clone()
+    power_loss = fs.crash_clone()
+    assert "CURRENT.tmp" in killed.listdir("/db")
+    assert "CURRENT.tmp" not in power_loss.listdir("/db")  # its directory entry was never synced
+    killed.create("/db/000042.dbtmp").close()  # an older version's unfinished CURRENT update
+    for image in (killed, power_loss):
+        with engine.open("/db", fs=image) as db:
+            assert db.get(b"k") == b"v"
+            names = image.listdir("/db")
+            assert "CURRENT.tmp" not in names and not any(n.endswith(".dbtmp") for n in names)
+            assert db.verify().ok
+        assert sum(n.startswith("MANIFEST-") for n in image.listdir("/db")) == 1
+
+
 def test_recovery_replays_across_wal_segments_and_flushes() -> None:
     """A store killed after memtable switches reopens with every write of every segment."""
     fs = MemFS()
