@@ -453,8 +453,9 @@ def test_an_undecodable_committed_entry_stops_the_node(
     store.put("k", "v")
     index = cluster.consensus.commit_index + 1
     assert cluster.consensus.propose(b"\x7fnot a command")
-    wait_for(lambda: sum(n.failed is not None for n in cluster.nodes) >= 2,
-             "a majority of appliers to stop")
+    wait_for(lambda: sum(n.failed is not None and not cluster.consensus.is_alive(n.id)
+                         for n in cluster.nodes) >= 2,
+             "a majority of appliers to stop and leave the group")
     for n in cluster.nodes:
         assert n.applied < index, f"node {n.id} applied past the undecodable entry"
         if n.failed is not None:
