@@ -460,7 +460,7 @@ def test_an_undecodable_committed_entry_stops_the_node(
         assert n.applied < index, f"node {n.id} applied past the undecodable entry"
         if n.failed is not None:
             assert isinstance(n.failed, engine.CorruptionError), n.failed
-            assert not cluster.consensus.is_alive(n.id)
+            wait_for(lambda n=n: not cluster.consensus.is_alive(n.id), "the node to leave")
             assert cluster.stats()["nodes"][n.id]["state"] == "failed"
 
 
