@@ -33,7 +33,8 @@ def test_version_comes_from_the_package_metadata(monkeypatch: pytest.MonkeyPatch
 
 def test_license_file_is_the_apache_license_pyproject_names() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["license"] == {"text": "Apache-2.0"}
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert pyproject["project"]["license-files"] == ["LICENSE"]
     text = (ROOT / "LICENSE").read_text()
     assert "Apache License" in text and "Version 2.0, January 2004" in text
     assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a stub
