@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from engine import tools
 from engine.errors import CorruptionError, InvalidArgument
 from engine.fs import FileSystem, OSFileSystem
+from engine.tools import whole_number
 
 PROG = "python -m engine"
 
@@ -45,16 +46,6 @@ exit status: 0 ok, 1 damage found (or an I/O error; get: key not found),
 2 bad usage. A cluster directory and its .rlog files are read by
 'python -m replication' instead.
 """
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bytes literals, or hex with --hex. Every block read is checked; damage ends\n"
         "the dump with the CorruptionError message and exit status 1.", _dump_sst)
     p.add_argument("file", metavar="FILE", help="a table file (NNNNNN.sst)")
-    p.add_argument("--limit", type=_count, metavar="N", help="print at most N entries")
+    p.add_argument("--limit", type=whole_number, metavar="N", help="print at most N entries")
     p.add_argument("--blocks", action="store_true",
                    help="also print a per-block summary (offset, stored and raw sizes, "
                         "entries, first and last key)")
@@ -118,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "as a note at the end (exit status 0); damage followed by valid records is\n"
         "corruption (exit status 1, after the records before it).", _dump_wal)
     p.add_argument("file", metavar="FILE", help="a WAL segment (NNNNNN.log)")
-    p.add_argument("--limit", type=_count, metavar="N", help="print at most N batches")
+    p.add_argument("--limit", type=whole_number, metavar="N", help="print at most N batches")
     p.add_argument("--hex", action="store_true", help="show keys and values in hex")
     p.add_argument("--full", action="store_true",
                    help="print long values whole (default: first 100 bytes)")
@@ -145,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="store directory")
     p.add_argument("start", metavar="START", nargs="?", help="first key (inclusive)")
     p.add_argument("end", metavar="END", nargs="?", help="end key (exclusive)")
-    p.add_argument("--limit", type=_count, metavar="N", help="print at most N pairs")
+    p.add_argument("--limit", type=whole_number, metavar="N", help="print at most N pairs")
     p.add_argument("--hex", action="store_true", help="START and END are hex; print hex")
 
     p = command(

@@ -95,6 +95,19 @@ _HANDLE = struct.Struct("<QI")
 # --------------------------------------------------------------------------- formatting
 
 
+
+def whole_number(text: str) -> int:
+    """An argparse type: a count >= 0 (``--limit N``), with a message naming the problem."""
+    import argparse
+
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
 def human_bytes(n: int) -> str:
     """``n`` bytes for people: ``812 B``, ``4.0 KiB``, ``1.5 MiB``."""
     if n < 1024:

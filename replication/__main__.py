@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from engine.errors import CorruptionError, InvalidArgument
 from engine.fs import OSFileSystem
+from engine.tools import whole_number
 from replication import tools
 
 PROG = "python -m replication"
@@ -34,16 +35,6 @@ examples:
 Nothing is started or changed: a torn log tail is reported, not cut off.
 exit status: 0 ok, 1 damage found (or an I/O error), 2 bad usage.
 """
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a restarting node would hold. A torn tail is a note "
                                    "(exit 0); damage followed by valid records is exit 1.")
     p.add_argument("file", metavar="FILE", help="a replication log segment (NNNNNN.rlog)")
-    p.add_argument("--limit", type=_count, metavar="N", help="print at most N entries")
+    p.add_argument("--limit", type=whole_number, metavar="N", help="print at most N entries")
     p.add_argument("--hex", action="store_true", help="show keys and values in hex")
     p.add_argument("--full", action="store_true",
                    help="print long values whole (default: first 100 bytes)")

@@ -170,6 +170,13 @@ class RaftGroup:
                 best = cand if best is None or cand > best else best
         return None if best is None else best[1]
 
+    def _node_or_leader(self, node: int | None) -> RaftConsensus | None:
+        """Node ``node`` (default: the leader), or None while it is down or none leads."""
+        if node is not None:
+            return self._nodes[self._check_node(node)]
+        lid = self.leader_id
+        return None if lid is None else self._nodes[lid]
+
     def _leader(self) -> RaftConsensus:
         lid = self.leader_id
         if lid is None:
@@ -287,19 +294,16 @@ class RaftGroup:
     def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
                       ) -> list[LogEntry]:
         """Committed entries after ``index`` that ``node`` (default: the leader) holds."""
-        n = self._nodes[self._check_node(node)] if node is not None else (
-            self._nodes[self.leader_id] if self.leader_id is not None else None)
+        n = self._node_or_leader(node)
         return [] if n is None else n.entries_after(index, limit)
 
     def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool:
         if self.deterministic:
-            n = self._nodes[node] if node is not None else (
-                self._nodes[self.leader_id] if self.leader_id is not None else None)
+            n = self._node_or_leader(node)
             return n is not None and n.committed >= index
         deadline = time.monotonic() + timeout
         while True:
-            n = self._nodes[node] if node is not None else (
-                self._nodes[self.leader_id] if self.leader_id is not None else None)
+            n = self._node_or_leader(node)
             left = deadline - time.monotonic()
             if n is not None and n.wait_committed(index, min(left, 0.05)):
                 return True
