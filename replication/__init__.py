@@ -10,7 +10,8 @@ Quick start::
             tx.put("counter", str(int(tx.get("counter") or 0) + 1))
 
 See :class:`KeyValueStore` for the API and its guarantees, :class:`Cluster`
-for fault injection, and :class:`SimulatedConsensus` for the consensus module.
+for fault injection, and :class:`RaftGroup` for the consensus module (N Raft
+nodes in one process, each with its durable log, speaking only by messages).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from engine import __version__
 from replication.cluster import Cluster
 from replication.consensus import ConsensusModule, LogEntry, Proposal
 from replication.errors import AmbiguousCommit, NotLeader, ReplicationError, Unavailable
-from replication.simulated import SimulatedConsensus
+from replication.raftgroup import RaftGroup
 from replication.store import KeyValueStore, StoreTransaction
 
 __all__ = [
@@ -32,8 +33,8 @@ __all__ = [
     "LogEntry",
     "NotLeader",
     "Proposal",
+    "RaftGroup",
     "ReplicationError",
-    "SimulatedConsensus",
     "StoreTransaction",
     "Unavailable",
     "__version__",

@@ -38,7 +38,7 @@ from engine.errors import ClosedError, CorruptionError, InvalidArgument
 from engine.fs import FileLock, FileSystem, OSFileSystem, atomic_write
 from replication.errors import NodeDamaged, NotLeader, Unavailable
 from replication.node import Node
-from replication.simulated import SimulatedConsensus
+from replication.raftgroup import RaftGroup
 
 __all__ = ["DEFAULT_ENGINE_OPTIONS", "Cluster"]
 
@@ -54,7 +54,10 @@ _DESCRIPTOR_PREFIX = b"stratakv-cluster v1 nodes="
 
 
 class Cluster:
-    """N replicas agreeing through a :class:`SimulatedConsensus`. Thread-safe.
+    """N replicas agreeing through a :class:`~replication.raftgroup.RaftGroup`. Thread-safe.
+
+    The group is real Raft: N cores exchanging messages over an in-process
+    network, each with its own durable log.
 
     Opening takes ``<path>/LOCK`` before it reads or writes any other file
     of the cluster, and holds it until :meth:`close`: a second open, in
@@ -87,10 +90,10 @@ class Cluster:
         self._dir_lock = self._lock_directory()
         self._closed = False
         self.nodes: list[Node] = []
-        consensus: SimulatedConsensus | None = None
+        consensus: RaftGroup | None = None
         try:
             size = self._check_layout(nodes)
-            consensus = self.consensus = SimulatedConsensus(
+            consensus = self.consensus = RaftGroup(
                 path, size, fs=self.fs, election_delay=election_delay, latency=latency,
                 seed=seed, deterministic=deterministic, damaged=self._interrupted_repairs(size))
             self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus,

@@ -48,7 +48,6 @@ from collections.abc import Callable
 
 from sortedcontainers import SortedDict
 
-from engine.errors import ClosedError
 from engine.fs import FileSystem
 from replication.consensus import LogEntry
 from replication.errors import AmbiguousCommit, NotLeader, Unavailable
@@ -135,6 +134,22 @@ class _Read:
         self.error: BaseException | None = None
 
 
+class _StepClock:
+    """Deterministic mode's clock for one wait: one tick per step."""
+
+    __slots__ = ("_t", "tick_s")
+
+    def __init__(self, tick_s: float) -> None:
+        self.tick_s = tick_s
+        self._t = 0.0
+
+    def now(self) -> float:
+        return self._t
+
+    def advance(self) -> None:
+        self._t += self.tick_s
+
+
 class RaftConsensus:
     """Node ``node`` of an ``nodes``-node Raft group, its log in ``log_dir`` on ``fs``."""
 
@@ -142,15 +157,22 @@ class RaftConsensus:
                  network: MemoryNetwork, *, config: RaftConfig, rng: random.Random,
                  tick_s: float, threads: bool = True,
                  on_leader: Callable[[int, int], None] | None = None,
-                 on_commit: Callable[[tuple[LogEntry, ...]], None] | None = None) -> None:
+                 on_commit: Callable[[tuple[LogEntry, ...]], None] | None = None,
+                 on_fail: Callable[[int, BaseException], None] | None = None) -> None:
         """``on_leader(node, term)`` and ``on_commit(entries)`` are told, under this node's
-        lock, when it becomes leader and when it learns entries are committed."""
+        lock, when it becomes leader and when it learns entries are committed;
+        ``on_fail(node, error)``, holding no lock, when the node fail-stops
+        because its log could not be written.
+
+        Raises CorruptionError (and holds nothing open) if the log fails a check.
+        """
         self.id = node
         self.nodes = nodes
         self.tick_s = tick_s
         self._network = network
         self._on_leader = on_leader
         self._on_commit = on_commit
+        self._on_fail = on_fail
         self.log = NodeLog(fs, log_dir, node)
         peers = tuple(range(1, nodes + 1))
         self._lock = threading.Lock()  # the core and every field below
@@ -210,8 +232,8 @@ class RaftConsensus:
 
     def _check_leader(self) -> None:
         """Holds _lock."""
-        if self._stopped:
-            raise ClosedError(f"node {self.id} is stopped")
+        if self._stopped:  # crashed or failed: the group routes elsewhere
+            raise NotLeader(f"node {self.id} is down")
         if self._raft.role != Role.LEADER:
             lead = self._raft.lead
             raise NotLeader(f"node {self.id} is not the leader",
@@ -265,11 +287,33 @@ class RaftConsensus:
         except (NotLeader, Unavailable):
             return False
 
-    def read_index(self, timeout: float) -> int:
-        """Confirm leadership with a quorum (ReadIndex); return the index to read at."""
-        deadline = time.monotonic() + timeout
+    def read_index(self, timeout: float, *, step: Callable[[], None] | None = None) -> int:
+        """Confirm leadership with a quorum (ReadIndex); return the index to read at.
+
+        ``step``: deterministic mode's way to wait -- called (it ticks the
+        group) instead of sleeping until the read is answered or ``timeout``
+        seconds of the caller's clock are gone; with it, ``timeout`` counts
+        calls of ``step`` x ``tick_s``.
+        """
+        clock = _StepClock(self.tick_s) if step is not None else None
+        now = clock.now if clock is not None else time.monotonic
+        deadline = now() + timeout
         ctx = b"r%d" % next(self._read_ids)
         wait = _Read()
+
+        def pause(left: float) -> None:
+            """Let time pass (holds _changed); at most ``left`` seconds."""
+            if step is None:
+                self._changed.wait(left)
+                return
+            assert clock is not None
+            self._changed.release()
+            try:
+                step()
+                clock.advance()
+            finally:
+                self._changed.acquire()
+
         with self._changed:
             while True:
                 self._check_leader()
@@ -277,25 +321,25 @@ class RaftConsensus:
                     self._raft.read_index(ctx)
                     break
                 except ProposalDropped:  # not yet committed an entry of its term
-                    left = deadline - time.monotonic()
+                    left = deadline - now()
                     if left <= 0:
                         raise Unavailable(f"node {self.id} leads but has not committed "
                                           f"in its term within {timeout}s") from None
-                    self._changed.wait(left)
+                    pause(left)
             self._reads[ctx] = wait
         self._wake.set()
         with self._changed:
             while wait.index is None and wait.error is None and not self._stopped:
-                left = deadline - time.monotonic()
+                left = deadline - now()
                 if left <= 0:
                     self._reads.pop(ctx, None)
                     raise Unavailable(f"node {self.id} could not confirm its leadership with "
                                       f"a quorum within {timeout}s")
-                self._changed.wait(left)
+                pause(left)
         if wait.error is not None:
             raise wait.error
         if wait.index is None:
-            raise ClosedError(f"node {self.id} stopped")
+            raise NotLeader(f"node {self.id} went down during a read")
         return wait.index
 
     def entries_after(self, index: int, limit: int = 1000) -> list[LogEntry]:
@@ -322,11 +366,25 @@ class RaftConsensus:
         return [e.payload for e in entries if e.payload]
 
     def compact(self, upto: int) -> None:
-        """Drop log entries up to ``upto`` (at most what this node knows committed)."""
-        with self._lock:  # the core reads storage only under _lock: no base moves mid-call
-            upto = min(upto, self.committed)
-            if upto > self.log.base_index:
-                self.log.compact(upto)
+        """Drop log entries up to ``upto`` (at most what this node knows committed).
+
+        A rewrite that fails fail-stops the node (its log refuses writes until
+        reopened), like a failed sync.
+        """
+        try:
+            with self._lock:  # the core reads storage only under _lock: no base moves mid-call
+                upto = min(upto, self.committed)
+                if upto > self.log.base_index:
+                    self.log.compact(upto)
+        except Exception as exc:
+            if self.log.failed is None:
+                raise
+            self.fail(exc)
+
+    def forget(self, peer: int) -> None:
+        """Stop counting what node ``peer`` acknowledged (its storage is to be deleted)."""
+        with self._lock:
+            self._raft.forget_peer(peer + 1)
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -354,7 +412,7 @@ class RaftConsensus:
                 while self.cycle():
                     pass
             except BaseException as exc:
-                self._fail(exc)
+                self.fail(exc)
                 return
 
     def cycle(self) -> bool:
@@ -438,11 +496,13 @@ class RaftConsensus:
             if key[1] < last.term:
                 self._proposals.pop(key).decide(False)
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
         """The pipeline failed (a disk error): fail-stop this node."""
         log.error("raft node %d stops: %r", self.id, exc)
         self.failed = exc
         self.stop()
+        if self._on_fail is not None:
+            self._on_fail(self.id, exc)
 
     # -- lifecycle ------------------------------------------------------------------------
 

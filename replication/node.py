@@ -44,7 +44,7 @@ from engine.txn import Transaction
 from replication.command import decode_command, encode_command
 from replication.consensus import Proposal
 from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, SnapshotNeeded, Unavailable
-from replication.simulated import SimulatedConsensus
+from replication.raftgroup import RaftGroup
 
 __all__ = ["LeaderTransactions", "Node"]
 
@@ -59,7 +59,7 @@ SnapshotSource = Callable[[int, int, str], int]
 class Node:
     """Replica ``node_id`` of a cluster: its engine, applier and leader role."""
 
-    def __init__(self, node_id: int, path: str, consensus: SimulatedConsensus,
+    def __init__(self, node_id: int, path: str, consensus: RaftGroup,
                  engine_options: engine.Options, fs: FileSystem,
                  snapshot_source: SnapshotSource, *, timeout: float) -> None:
         self.id = node_id
@@ -366,7 +366,7 @@ class LeaderTransactions:
        them.)
     """
 
-    def __init__(self, node: Node, consensus: SimulatedConsensus, term: int) -> None:
+    def __init__(self, node: Node, consensus: RaftGroup, term: int) -> None:
         e = node.engine
         if e is None:
             raise NotLeader(f"node {node.id} is down")

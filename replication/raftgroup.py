@@ -8,8 +8,9 @@ for them: who leads, what is committed and which proposal won are what the
 nodes' own messages made of it. The group only routes client calls (to the
 node that leads in the highest term) and injects faults -- ``crash``
 (the node's memory is lost, its log keeps what was synced), ``restart``,
-``partition``, ``heal``, ``set_latency`` -- so the same consensus contract
-suite runs against it and against :class:`~replication.simulated.SimulatedConsensus`.
+``partition``, ``heal``, ``set_latency``, and the repair of a damaged
+node (``forget``, ``reseed``). The consensus contract suite in
+``tests/test_replication.py`` runs against it.
 
 Timing: ``election_delay`` seconds is the election timeout, 10 ticks; the
 leader heartbeats every 2 ticks. A follower campaigns after a randomised
@@ -32,11 +33,12 @@ from collections.abc import Callable, Sequence
 
 from sortedcontainers import SortedDict
 
-from engine.errors import ClosedError, InvalidArgument
+from engine.errors import ClosedError, CorruptionError, InvalidArgument
 from engine.fs import FileSystem, OSFileSystem
 from replication.consensus import LogEntry
 from replication.driver import RaftConsensus, RaftProposal
-from replication.errors import AmbiguousCommit, NotLeader, Unavailable
+from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, Unavailable
+from replication.log_store import NodeLog
 from replication.raft.node import RaftConfig
 from replication.transport.memory import MemoryNetwork
 
@@ -81,7 +83,15 @@ class RaftGroup:
 
     def __init__(self, path: str, nodes: int = 3, *, fs: FileSystem | None = None,
                  election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
-                 deterministic: bool = False) -> None:
+                 deterministic: bool = False,
+                 damaged: dict[int, CorruptionError] | None = None) -> None:
+        """Open (or create) the group's logs under ``path``.
+
+        A node whose log fails a check on open -- or that is named in
+        ``damaged`` (say, a repair that did not finish) -- stays down, out of
+        every quorum, until :meth:`reseed`; more than ``nodes - quorum``
+        such nodes raise the first CorruptionError.
+        """
         if nodes < 1:
             raise InvalidArgument(f"nodes must be >= 1, got {nodes}")
         if election_delay <= 0 or latency < 0:
@@ -110,10 +120,27 @@ class RaftGroup:
         self.elections = 0
         self.before_tick: Callable[[], None] | None = None
         self._closed = False
+        # A node whose log fails a check is one of the f failures the group
+        # tolerates: it stays down until reseeded. One whose log failed a
+        # write (a sync, a rewrite) is down until restarted.
+        self.damaged: dict[int, CorruptionError] = dict(damaged or {})
+        self.failures: dict[int, BaseException] = {}
+        # (term, node) of the latest election this group saw: the route to the
+        # leader without asking every node (see leader_id).
+        self._elected_last: tuple[int, int] | None = None
+        self._commit_high = 0  # see commit_index
         self._nodes: list[RaftConsensus | None] = [None] * nodes
         try:
             for i in range(nodes):
-                self._nodes[i] = self._open(i)
+                if i in self.damaged:
+                    continue
+                try:
+                    self._nodes[i] = self._open(i)
+                except CorruptionError as exc:
+                    log.error("raft group: node %d stays down, its log is damaged: %s", i, exc)
+                    self.damaged[i] = exc
+            if len(self.damaged) > nodes - self.quorum:
+                raise next(iter(self.damaged.values()))
         except BaseException:
             self.close()
             raise
@@ -123,12 +150,14 @@ class RaftGroup:
                              self._fs.join(self.path, f"node-{node}", "log"), self.network,
                              config=self._config, rng=random.Random(self._rng.random()),
                              tick_s=self.tick_s, threads=not self.deterministic,
-                             on_leader=self._elected, on_commit=self._committed)
+                             on_leader=self._elected, on_commit=self._committed,
+                             on_fail=self._failed)
 
     def _committed(self, entries: tuple[LogEntry, ...]) -> None:
         """A node learned ``entries`` are committed: decide the proposals they settle."""
         last = entries[-1]
         with self._plock:
+            self._commit_high = max(self._commit_high, last.index)
             if not self._proposals:
                 return
             terms = {e.index: e.term for e in entries}
@@ -143,6 +172,14 @@ class RaftGroup:
     def _elected(self, node: int, term: int) -> None:
         log.info("raft group: node %d leads term %d", node, term)
         self.elections += 1
+        with self._plock:
+            if self._elected_last is None or (term, node) > self._elected_last:
+                self._elected_last = (term, node)
+
+    def _failed(self, node: int, exc: BaseException) -> None:
+        """Node ``node`` fail-stopped (its log could not be written): it leaves the group."""
+        log.error("raft group: node %d leaves the group, its log failed: %r", node, exc)
+        self.failures[node] = exc
 
     # -- routing ------------------------------------------------------------------------
 
@@ -162,7 +199,16 @@ class RaftGroup:
 
     @property
     def leader_id(self) -> int | None:
-        """The running node that leads in the highest term (a deposed leader may not know yet)."""
+        """The running node that leads in the highest term (a deposed leader may not know yet).
+
+        The node elected last is asked first; only when it no longer leads
+        (or is down) are all the nodes asked.
+        """
+        hint = self._elected_last
+        if hint is not None:
+            n = self._nodes[hint[1]]
+            if n is not None and n.failed is None and n.is_leader:
+                return hint[1]
         best: tuple[int, int] | None = None
         for n in self._running():
             if n.is_leader:
@@ -193,11 +239,14 @@ class RaftGroup:
 
     @property
     def commit_index(self) -> int:
-        """The leader's commit index (the highest a running node knows, while none leads)."""
-        lid = self.leader_id
-        if lid is not None:
-            return self._node(lid).committed
-        return max((n.committed for n in self._running()), default=0)
+        """The highest index any node of the group has learned is committed.
+
+        Committed entries stay committed, so this never goes back -- although a
+        new leader may learn it only once its own no-op commits, and a node
+        that knew it may have crashed since.
+        """
+        with self._plock:
+            return self._commit_high
 
     @property
     def first_index(self) -> int:
@@ -210,6 +259,28 @@ class RaftGroup:
     def node_commit_index(self, node: int) -> int:
         n = self._nodes[self._check_node(node)]
         return 0 if n is None else n.committed
+
+    def log_span(self, node: int) -> tuple[int, int] | None:
+        """(first, last) index held in ``node``'s log; None while the node is down."""
+        n = self._nodes[self._check_node(node)]
+        if n is None or n.failed is not None:
+            return None
+        return n.log.base_index + 1, n.log.last_index
+
+    def committed_entries(self, node: int) -> tuple[int, list[LogEntry]]:
+        """(base index, entries up to ``node``'s commit index) as ``node`` holds them."""
+        n = self._nodes[self._check_node(node)]
+        if n is None or n.failed is not None:
+            return 0, []
+        return n.log.prefix(n.committed)
+
+    def term_at(self, index: int) -> int | None:
+        """The term of committed entry ``index`` in the leader's log (None: not known there)."""
+        lid = self.leader_id
+        n = None if lid is None else self._nodes[lid]
+        if n is None or index > n.committed:
+            return None
+        return n.log.term_at(index)
 
     def is_alive(self, node: int) -> bool:
         n = self._nodes[self._check_node(node)]
@@ -316,12 +387,7 @@ class RaftGroup:
         n = self._node(node)
         if not self.deterministic:
             return n.read_index(timeout)
-        for _ in range(_MAX_DETERMINISTIC_TICKS):  # start the read, then tick until answered
-            try:
-                return n.read_index(0.0)
-            except Unavailable:
-                self.tick()
-        raise Unavailable(f"leader {node} could not confirm its leadership")
+        return n.read_index(min(timeout, _MAX_DETERMINISTIC_TICKS * self.tick_s), step=self.tick)
 
     def truncate_prefix(self, index: int) -> None:
         """Compact every running node's log up to ``index`` (at most what it knows committed)."""
@@ -340,19 +406,76 @@ class RaftGroup:
             log.info("raft group: node %d crashed", node)
 
     def restart(self, node: int) -> None:
-        """Bring ``node`` back from its log file; it catches up from the leader."""
+        """Bring ``node`` back from its log file; it catches up from the leader.
+
+        Raises NodeDamaged (and the node stays down) if its log fails a
+        check, or was found damaged before: only :meth:`reseed` brings such
+        a node back.
+        """
         self._check_node(node)
         with self._lock:
             old = self._nodes[node]
             if old is not None and old.failed is None:
                 return
+            if node in self.damaged:
+                raise NodeDamaged(node, self.damaged[node])
         if old is not None:
             old.stop()
-        n = self._open(node)
+        try:
+            n = self._open(node)
+        except CorruptionError as exc:
+            with self._lock:
+                self._nodes[node] = None
+                self.damaged[node] = exc
+            raise NodeDamaged(node, exc) from exc
         with self._lock:
             self._nodes[node] = n
+            self.failures.pop(node, None)
         log.info("raft group: node %d restarted at index %d term %d", node, n.log.last_index,
                  n.log.term)
+
+    def forget(self, node: int) -> None:
+        """Stop counting down ``node``'s stored entries toward commits (they are to be deleted).
+
+        A down node's synced entries still count -- they are on its disk --
+        until a repair is about to delete them: then the leader must forget
+        them *before* the repair reads the commit index it checkpoints.
+        Raises NotLeader if no node leads (the repair needs one anyway).
+        """
+        self._check_node(node)
+        if self.is_alive(node):
+            raise InvalidArgument(f"node {node} is running")
+        self.network.purge(node)  # its last acknowledgements must not arrive after this
+        self._leader().forget(node)
+
+    def reseed(self, node: int, base_index: int, base_term: int) -> None:
+        """Give down ``node`` a new, empty log starting after (base_index, base_term), and
+        start it.
+
+        The repair of a damaged replica: its state machine was re-seeded from
+        a checkpoint at ``base_index`` and its log continues from there. Its
+        old log files are deleted. It joins in the leader's term having voted
+        for that leader -- the one vote of that term that cannot elect
+        anyone else -- so the vote its deleted log held is never cast twice.
+        """
+        self._check_node(node)
+        if self.is_alive(node):
+            raise InvalidArgument(f"node {node} is running: crash it before reseeding")
+        leader = self._leader()
+        term = leader.term
+        log_dir = self._fs.join(self.path, f"node-{node}", "log")
+        if self._fs.exists(log_dir):
+            self._fs.remove_tree(log_dir)
+        lg = NodeLog(self._fs, log_dir, node)
+        try:
+            lg.reset(base_index, base_term)
+            lg.set_hard_state(term, leader.id + 1)
+            lg.sync()
+        finally:
+            lg.close()
+        with self._lock:
+            self.damaged.pop(node, None)
+        self.restart(node)
 
     def partition(self, nodes: Sequence[int]) -> None:
         """Cut ``nodes`` off from the others (both sides keep running)."""
@@ -381,9 +504,20 @@ class RaftGroup:
     def _settle(self) -> None:
         """Run the nodes' Ready pipelines, in node order, until no message is in flight."""
         for _ in range(1000):
-            if not any([n.cycle() for n in self._running()]):
+            if not any([self._cycle(n) for n in self._running()]):
                 return
         raise RuntimeError("the raft group did not settle: messages keep flowing")
+
+    @staticmethod
+    def _cycle(n: RaftConsensus) -> bool:
+        """One Ready of ``n``; a log that fails a write fail-stops the node, as with threads."""
+        try:
+            return n.cycle()
+        except Exception as exc:
+            if n.log.failed is None:
+                raise
+            n.fail(exc)
+            return False
 
     # -- lifecycle ---------------------------------------------------------------------------
 

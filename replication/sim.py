@@ -27,6 +27,7 @@ leader completeness and state-machine safety after every step.
 from __future__ import annotations
 
 import argparse
+import logging
 import random
 import sys
 from collections.abc import Callable
@@ -386,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raft", action="store_true",
                         help="simulate the pure Raft core instead (--drop/--dup/--reorder...)")
     args = parser.parse_args(args_in)
+    # The run injects the faults that nodes warn about (step-downs, lost peers):
+    # only errors are news.
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+
     def progress(step: int) -> None:
         print(f"seed={seed}: {step} of {args.steps} steps", file=sys.stderr, flush=True)
 

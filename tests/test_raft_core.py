@@ -670,3 +670,39 @@ def test_maybe_append_matches_the_papers_rule(
     assert got == prev_index + len(new)
     assert _terms(lg) == expected
     assert lg.committed == committed  # the leader's commit passed here is ours: unchanged
+
+
+# -- forgetting a peer's storage ----------------------------------------------------------
+
+
+def test_a_forgotten_peers_old_acknowledgements_no_longer_count() -> None:
+    """After forget_peer, a commit needs a fresh acknowledgement from that peer.
+
+    The repair of a damaged replica deletes its log: entries it acknowledged
+    before must not make up a quorum afterwards.
+    """
+    net = Net(3)
+    leader = net.elect(1)
+    base = leader.raft_log.committed
+    # Node 3 is down; node 2 acknowledges index base+1 and then its disk is wiped.
+    leader.propose(b"a")
+    rd = leader.ready()
+    net.storage[1].append(rd.entries)
+    leader.step(AppendEntriesResponse(2, 1, leader.term, index=base + 1))
+    leader.forget_peer(2)
+    leader.advance(rd)  # the leader's own copy now counts: 1 of 3 is no quorum
+    assert leader.raft_log.committed == base
+    assert leader.status().progress[2][1] == 0  # match
+    leader.step(AppendEntriesResponse(2, 1, leader.term, index=base + 1))  # re-acknowledged
+    assert leader.raft_log.committed == base + 1
+
+
+def test_forget_peer_checks_its_argument_and_is_a_no_op_on_a_follower() -> None:
+    net = Net(3)
+    net.elect(1)
+    with pytest.raises(ValueError, match="not another peer"):
+        net.nodes[1].forget_peer(1)
+    with pytest.raises(ValueError, match="not another peer"):
+        net.nodes[1].forget_peer(9)
+    net.nodes[2].forget_peer(3)  # a follower keeps no progress
+    assert net.nodes[2].role == Role.FOLLOWER

@@ -1,4 +1,4 @@
-"""Fast tests of the replication layer: SimulatedConsensus on its own, then Cluster/KeyValueStore.
+"""Fast tests of the replication layer: the consensus group on its own, then Cluster/KeyValueStore.
 
 Consensus tests drive a group directly through ``propose``/``submit`` and the
 fault-injection methods; the deterministic-mode tests replay a scripted
@@ -28,11 +28,10 @@ from replication import (
     KeyValueStore,
     LogEntry,
     NotLeader,
-    SimulatedConsensus,
     Unavailable,
 )
+from replication.errors import SnapshotNeeded
 from replication.raftgroup import RaftGroup
-from replication.simulated import SnapshotNeeded
 
 LIVENESS_S = 15.0  # a bound for "eventually"; hitting it is a failure, never a timing claim
 
@@ -46,7 +45,7 @@ def wait_for(predicate: Callable[[], bool], what: str, timeout: float = LIVENESS
         time.sleep(0.002)
 
 
-def wait_leader(sim: SimulatedConsensus, *, other_than: int | None = None) -> int:
+def wait_leader(sim: RaftGroup, *, other_than: int | None = None) -> int:
     """Wait for a leader (not ``other_than``) that has committed its no-op; return its id."""
     def ready() -> bool:
         lid = sim.leader_id
@@ -58,26 +57,30 @@ def wait_leader(sim: SimulatedConsensus, *, other_than: int | None = None) -> in
     return lid
 
 
-def node_log(sim: SimulatedConsensus, node: int) -> list[LogEntry]:
+def node_log(sim: RaftGroup, node: int) -> list[LogEntry]:
     """The committed entries ``node`` holds, from the start of its log."""
     return sim.entries_after(sim.first_index - 1, 1 << 30, node=node)
 
 
-@pytest.fixture(params=["simulated", "raft"])
+GROUPS: dict[str, Any] = {"raft": RaftGroup}  # every group implementation of the contract
+
+
+@pytest.fixture(params=sorted(GROUPS))
 def make_sim(tmp_path: Path, request: pytest.FixtureRequest
-             ) -> Iterator[Callable[..., SimulatedConsensus]]:
+             ) -> Iterator[Callable[..., RaftGroup]]:
     """Factory of consensus groups under ``tmp_path/<name>``; all closed at teardown.
 
     The consensus contract suite: every test that takes this fixture runs
-    against both implementations of the group -- the god's-eye
-    SimulatedConsensus and RaftGroup, real Raft nodes exchanging messages.
+    against each implementation of the group in ``GROUPS`` (today RaftGroup:
+    real Raft nodes exchanging messages in one process; the networked group
+    joins it).
     """
-    made: list[SimulatedConsensus] = []
-    impl: Any = SimulatedConsensus if request.param == "simulated" else RaftGroup
+    made: list[RaftGroup] = []
+    impl = GROUPS[request.param]
 
-    def make(name: str = "sim", nodes: int = 3, **kwargs: Any) -> SimulatedConsensus:
+    def make(name: str = "sim", nodes: int = 3, **kwargs: Any) -> RaftGroup:
         kwargs.setdefault("election_delay", 0.05)
-        sim: SimulatedConsensus = impl(str(tmp_path / name), nodes, **kwargs)
+        sim: RaftGroup = impl(str(tmp_path / name), nodes, **kwargs)
         made.append(sim)
         return sim
 
@@ -86,10 +89,10 @@ def make_sim(tmp_path: Path, request: pytest.FixtureRequest
         sim.close()
 
 
-# -- SimulatedConsensus ---------------------------------------------------------------------
+# -- the consensus group -----------------------------------------------------------------
 
 
-def test_propose_commits_payloads_in_order(make_sim: Callable[..., SimulatedConsensus]) -> None:
+def test_propose_commits_payloads_in_order(make_sim: Callable[..., RaftGroup]) -> None:
     """propose returns True and get_committed_transactions lists payloads in proposal order."""
     sim = make_sim()
     wait_leader(sim)
@@ -103,7 +106,7 @@ def test_propose_commits_payloads_in_order(make_sim: Callable[..., SimulatedCons
 
 
 def test_concurrent_proposals_all_commit_once_in_per_thread_order(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """Concurrent proposers are all acknowledged; each payload commits once, in thread order."""
     sim = make_sim()
     wait_leader(sim)
@@ -127,7 +130,7 @@ def test_concurrent_proposals_all_commit_once_in_per_thread_order(
 
 
 def test_committed_entries_survive_whole_group_restart(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """Closing and reopening every node keeps every committed entry, in order, under a new term."""
     sim = make_sim("group")
     wait_leader(sim)
@@ -145,7 +148,7 @@ def test_committed_entries_survive_whole_group_restart(
 
 
 def test_acknowledged_entries_survive_power_failure(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """A crash clone of the file system taken mid-workload still holds every acknowledged entry."""
     fs = MemFS()
     sim = make_sim(nodes=3, fs=fs)
@@ -192,7 +195,7 @@ def test_acknowledged_entries_survive_power_failure(
 
 
 @pytest.mark.parametrize("victims", ["both_followers", "leader_and_follower"])
-def test_no_commit_without_a_majority(make_sim: Callable[..., SimulatedConsensus],
+def test_no_commit_without_a_majority(make_sim: Callable[..., RaftGroup],
                                       victims: str) -> None:
     """With 2 of 3 nodes down nothing commits: submit/propose fail and return; restart heals."""
     sim = make_sim()
@@ -226,13 +229,14 @@ def test_no_commit_without_a_majority(make_sim: Callable[..., SimulatedConsensus
     assert set(committed[1:-1]) <= {b"lost-submit", b"lost-1", b"lost-2"} - set(refused)
 
 
-def not_committed(sim: SimulatedConsensus, payload: bytes) -> bool | None:
+def not_committed(sim: RaftGroup, payload: bytes) -> bool | None:
     """propose() of ``payload``: True if it said False (refused), False if it ended
     AmbiguousCommit, None if it committed (which a test without a majority forbids).
 
-    The simulated group sees a lost quorum at once and refuses; a Raft leader
-    learns it only when check-quorum steps it down, so its proposal ends
-    ambiguous -- and may still commit once a quorum is back.
+    A leader cut off from its quorum may refuse at once (it already knows it no
+    longer leads), but a Raft leader learns it only when check-quorum steps it
+    down, so its proposal may end ambiguous -- and may still commit once a
+    quorum is back.
     """
     try:
         return None if sim.propose(payload) else True
@@ -241,7 +245,7 @@ def not_committed(sim: SimulatedConsensus, payload: bytes) -> bool | None:
 
 
 def test_an_entry_only_the_leader_holds_is_not_committed(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """The commit index waits for a majority: a leader's own sync is not enough."""
     sim = make_sim()
     leader = wait_leader(sim)
@@ -263,7 +267,7 @@ def test_an_entry_only_the_leader_holds_is_not_committed(
 
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_leader_crash_elects_a_new_leader_with_a_higher_term(
-        make_sim: Callable[..., SimulatedConsensus], nodes: int) -> None:
+        make_sim: Callable[..., RaftGroup], nodes: int) -> None:
     """After the leader crashes another node leads in a higher term; the old one rejoins in line."""
     sim = make_sim(nodes=nodes)
     old = wait_leader(sim)
@@ -287,7 +291,7 @@ def test_leader_crash_elects_a_new_leader_with_a_higher_term(
 
 
 def test_inflight_proposals_of_a_crashed_leader_are_decided(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """In-flight proposals of a crashed leader resolve to False, not Ambiguous, once decidable.
 
     Followers are held in a slow replication step (``latency``) so the proposals
@@ -318,7 +322,7 @@ def test_inflight_proposals_of_a_crashed_leader_are_decided(
         assert outcome == (payload in committed), (payload, outcome, committed)
 
 
-def wait_leader_elected(sim: SimulatedConsensus, *, other_than: int) -> int:
+def wait_leader_elected(sim: RaftGroup, *, other_than: int) -> int:
     """Wait only for *an* elected leader other than ``other_than`` (its no-op may be pending)."""
     wait_for(lambda: sim.leader_id not in (None, other_than), "an election")
     lid = sim.leader_id
@@ -327,7 +331,7 @@ def wait_leader_elected(sim: SimulatedConsensus, *, other_than: int) -> int:
 
 
 def test_partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """A leader cut into a minority cannot commit; the majority elects; heal discards its suffix.
 
     Deterministic mode makes the schedule exact: the entries submitted to the
@@ -345,7 +349,7 @@ def test_partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded(
     buddy = (old + 1) % 5
     stranded = [sim.submit(b"stranded-%d" % i) for i in range(3)]
     sim.partition([old, buddy])
-    try:  # the simulated group sees the cut at once; a Raft leader only after check-quorum
+    try:  # the old leader learns of the cut only at check-quorum: it may still take this
         stranded.append(sim.submit(b"minority", node=old))
     except (NotLeader, Unavailable):
         pass
@@ -375,10 +379,10 @@ def test_partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded(
 @pytest.mark.parametrize("seed", range(6))
 def test_election_prefers_the_up_to_date_log(tmp_path: Path, seed: int) -> None:
     """A stale node never wins an election over one holding every committed entry."""
-    sim = SimulatedConsensus(str(tmp_path / "sim"), 3, deterministic=True, seed=seed,
-                             election_delay=0.1)
+    sim = RaftGroup(str(tmp_path / "sim"), 3, deterministic=True, seed=seed,
+                    election_delay=0.1)
     try:
-        for _ in range(20):
+        for _ in range(100):  # elections take 1-2 timeouts of 10 ticks
             if sim.leader_id is not None:
                 break
             sim.tick()
@@ -391,7 +395,9 @@ def test_election_prefers_the_up_to_date_log(tmp_path: Path, seed: int) -> None:
         committed = sim.get_committed_transactions()
         sim.restart(stale)  # back with its old log, not yet caught up
         sim.crash(leader)
-        for _ in range(10):
+        for _ in range(100):
+            if sim.leader_id is not None:
+                break
             sim.tick()
         assert sim.leader_id == current
         assert sim.propose(b"after") is True
@@ -400,7 +406,7 @@ def test_election_prefers_the_up_to_date_log(tmp_path: Path, seed: int) -> None:
         sim.close()
 
 
-def test_partitioned_leader_threaded(make_sim: Callable[..., SimulatedConsensus]) -> None:
+def test_partitioned_leader_threaded(make_sim: Callable[..., RaftGroup]) -> None:
     """With real threads too: minority leader stops committing, majority goes on, heal converges."""
     sim = make_sim(nodes=5)
     old = wait_leader(sim)
@@ -424,7 +430,7 @@ def test_partitioned_leader_threaded(make_sim: Callable[..., SimulatedConsensus]
 
 
 def test_follower_behind_truncated_prefix_gets_reset(
-        make_sim: Callable[..., SimulatedConsensus]) -> None:
+        make_sim: Callable[..., RaftGroup]) -> None:
     """A node that was down while the prefix was truncated has its log reset to the new base."""
     sim = make_sim()
     leader = wait_leader(sim)
@@ -451,7 +457,7 @@ def test_follower_behind_truncated_prefix_gets_reset(
 
 def _deterministic_trace(path: str, seed: int) -> list[Any]:
     """Run a fixed script of calls and faults in deterministic mode; return what was observed."""
-    sim = SimulatedConsensus(path, 5, deterministic=True, seed=seed, election_delay=0.1)
+    sim = RaftGroup(path, 5, deterministic=True, seed=seed, election_delay=0.1)
     trace: list[Any] = []
 
     def observe(label: str) -> None:
@@ -459,27 +465,27 @@ def _deterministic_trace(path: str, seed: int) -> list[Any]:
                       [tuple(sim.entries_after(0, 1 << 20, node=i)) for i in range(5)]))
 
     try:
-        for _ in range(6):
+        for _ in range(30):  # 1.5-3 election timeouts of 10 ticks
             sim.tick()
         observe("start")
         for i in range(4):
             sim.propose(b"a%d" % i)
         observe("a")
         sim.crash(sim.leader_id or 0)
-        for _ in range(6):
+        for _ in range(30):  # 1.5-3 election timeouts of 10 ticks
             sim.tick()
         observe("crash")
         for i in range(4):
             sim.propose(b"b%d" % i)
         sim.partition([sim.leader_id or 0])
-        for _ in range(6):
+        for _ in range(30):  # 1.5-3 election timeouts of 10 ticks
             sim.tick()
         observe("partition")
         sim.propose(b"c")
         sim.heal()
         for node in range(5):
             sim.restart(node)
-        for _ in range(6):
+        for _ in range(30):  # 1.5-3 election timeouts of 10 ticks
             sim.tick()
         observe("heal")
     finally:

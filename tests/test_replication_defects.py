@@ -27,6 +27,7 @@ from replication import AmbiguousCommit, Cluster, NotLeader, Unavailable
 from replication.consensus import LogEntry
 from replication.errors import NodeDamaged
 from replication.log_store import NodeLog
+from replication.raftgroup import RaftGroup
 from tests.test_cluster_faults import LIVENESS_S, wait_for
 
 
@@ -435,7 +436,7 @@ def test_every_operation_is_bounded_by_the_store_timeout(
     try:
         for name, op in ops:
             start = time.monotonic()
-            with pytest.raises((Unavailable, AmbiguousCommit)):
+            with pytest.raises((Unavailable, AmbiguousCommit, NotLeader)):  # never a hang
                 op()
             elapsed = time.monotonic() - start
             assert elapsed < 1.0, f"{name} took {elapsed:.2f}s with a 0.2 s store timeout"
@@ -497,11 +498,13 @@ def test_submit_refuses_an_entry_of_another_term(make_cluster: Callable[..., Clu
 
 def test_an_ambiguous_commit_can_be_resolved(make_cluster: Callable[..., Cluster]) -> None:
     """AmbiguousCommit carries index, term and transaction id; store.outcome() tells the fate."""
-    cluster = make_cluster(timeout=1.0)
+    # Election timeout 3 s: the 0.6 s link delay outlasts the 0.3 s store timeout but
+    # not the leader's check-quorum window, so the write commits in the end.
+    cluster = make_cluster(timeout=1.0, election_delay=3.0)
     store = cluster.store(timeout=10.0)
     impatient = cluster.store(timeout=0.3)
     store.put("k", "0")
-    cluster.consensus.set_latency(0.8)
+    cluster.consensus.set_latency(0.6)
     with pytest.raises(AmbiguousCommit) as info:
         impatient.put("k", "1")
     exc = info.value
@@ -551,44 +554,30 @@ def test_an_orphaned_put_settled_during_begin_is_never_lost(
 def test_repair_withdraws_the_old_vote_before_it_checkpoints() -> None:
     """A crashed node's synced entries count toward commits -- until a repair deletes them.
 
-    Replays repair's steps on a deterministic group where the leader's own sync is
-    slow: the down node C had synced entries the leader had not, so a commit could
-    be counted with C's vote after the checkpoint was taken, and be lost once C was
-    re-seeded and the leader failed. forget() withdraws the vote first.
+    ``forget`` is what Cluster.repair calls before it reads the commit index it
+    checkpoints: the leader forgets what the down node acknowledged, so no later
+    commit is counted with a vote whose entries are about to be deleted. (The
+    core's own test, ``test_a_forgotten_peers_old_acknowledgements_no_longer_count``,
+    shows such a commit being withheld; this one shows the group wires it up.)
     """
-    from replication.simulated import SimulatedConsensus
-
     fs = MemFS()
-    sim = SimulatedConsensus("/c", 3, fs=fs, deterministic=True, seed=1, election_delay=0.05)
+    sim = RaftGroup("/c", 3, fs=fs, deterministic=True, seed=1, election_delay=0.05)
     try:
         while sim.leader_id is None or not sim.leader_ready(sim.leader_id):
             sim.tick()
         a = sim.leader_id
         b, c = [n for n in range(3) if n != a]
-        slow = {a, b}
-        real = sim._replicate_once
-        sim._replicate_once = lambda n: False if n in slow else real(n)  # type: ignore[method-assign]
-        for i in range(5):
-            sim.submit(b"\x01payload-%d" % i)
-        for _ in range(3):
-            sim.tick()
+        sim.submit(b"\x01payload").wait()
+        progress = sim._nodes[a]._raft.status().progress  # type: ignore[union-attr]
+        assert progress[c + 1][1] == sim.commit_index  # C's acknowledgement counts
+        with pytest.raises(engine.InvalidArgument, match="running"):
+            sim.forget(c)
         sim.crash(c)
-        sim.forget(c)  # what Cluster.repair does before it reads the commit index
-        seq = sim.commit_index
-        term = sim.term_at(seq)
-        assert term is not None
-        slow = {b}
-        sim.tick()  # the leader's slow sync completes
-        committed = sim.get_committed_transactions()
-        fs.remove_tree(f"/c/node-{c}")
-        sim.reseed(c, seq, term)
-        slow = {b, c}
-        sim.crash(a)
-        slow = set()
-        for _ in range(40):
-            sim.tick()
-        after = sim.get_committed_transactions()
-        assert all(p in after for p in committed), (committed, after)
+        sim.forget(c)
+        progress = sim._nodes[a]._raft.status().progress  # type: ignore[union-attr]
+        assert progress[c + 1][1] == 0 and progress[b + 1][1] == sim.commit_index
+        # B alone now makes the quorum: a commit still happens, counted without C.
+        assert sim.submit(b"\x01after").wait()
     finally:
         sim.close()
 

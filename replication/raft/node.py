@@ -424,6 +424,25 @@ class RaftNode:
             pr.pending_snapshot = 0
         pr.become_probe()
 
+    def forget_peer(self, to: int) -> None:
+        """Stop counting what ``to`` acknowledged: its storage is about to be deleted.
+
+        The repair of a damaged replica re-seeds it from a checkpoint; the
+        entries it held no longer exist, so its old ``match`` must not count
+        toward any later commit. Its progress restarts as for a new leader
+        (probing from the end of the log). A no-op on a non-leader, whose
+        progress a future term builds afresh anyway.
+        """
+        if to not in self.peers or to == self.id:
+            raise ValueError(f"node {to} is not another peer of node {self.id}")
+        if self.role != Role.LEADER:
+            return
+        cfg = self.config
+        pr = Progress(self._log.last_index() + 1, cfg.max_inflight_msgs, cfg.max_inflight_bytes)
+        pr.last_active = self._prs[to].last_active
+        self._prs[to] = pr
+        log.info("node %d forgets what node %d acknowledged", self.id, to)
+
     # -- ready / advance ------------------------------------------------------------------
 
     def _hard_state(self) -> HardState:

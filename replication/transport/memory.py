@@ -60,6 +60,7 @@ class MemoryNetwork:
         self._queue_cv = threading.Condition(self._lock)
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._filter: Callable[[Message], bool] | None = None
 
     # -- topology ----------------------------------------------------------------------
 
@@ -72,6 +73,13 @@ class MemoryNetwork:
         """``node`` is down: messages to it are lost."""
         with self._lock:
             self._handlers.pop(node, None)
+
+    def purge(self, node: int) -> None:
+        """Drop every message from or to ``node`` still in flight (its storage is gone)."""
+        with self._lock:
+            kept = [q for q in self._queue if node not in (q[2].frm - 1, q[2].to - 1)]
+            heapq.heapify(kept)
+            self._queue = kept
 
     def partition(self, nodes: Sequence[int]) -> None:
         """Cut ``nodes`` off from the others, both ways."""
@@ -88,6 +96,15 @@ class MemoryNetwork:
         with self._lock:
             return b in self._handlers and self._side[a] == self._side[b]
 
+    def set_filter(self, drop: Callable[[Message], bool] | None) -> None:
+        """Lose every message for which ``drop(message)`` is true (None: lose none by kind).
+
+        etcd's rafttest "ignore" in one hook: hold back one kind of traffic
+        (say, appends that carry entries) while the rest flows.
+        """
+        with self._lock:
+            self._filter = drop
+
     def set_latency(self, seconds: float) -> None:
         if seconds < 0:
             raise ValueError(f"latency must be >= 0, got {seconds}")
@@ -102,6 +119,7 @@ class MemoryNetwork:
             self.sent += 1
             handler = self._handlers.get(to)
             if (handler is None or self._side[frm] != self._side[to]
+                    or (self._filter is not None and self._filter(m))
                     or (self.drop and self._rng.random() < self.drop)):
                 return False
             copies = 2 if self.dup and self._rng.random() < self.dup else 1
