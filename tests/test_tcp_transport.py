@@ -196,6 +196,12 @@ def test_attach_is_for_the_own_node_only(make: Factory) -> None:
         a.attach(1, Inbox())
     with pytest.raises(ValueError):
         a.set_peer(0, a.address)
+    before = threading.active_count()
+    with pytest.raises(ValueError, match="cannot have node 1 as a peer"):
+        TcpTransport(1, cluster_id=CLUSTER, listen=LOOPBACK, peers={1: a.address})
+    assert threading.active_count() == before  # refused before any thread started
+    with pytest.raises(OSError):
+        TcpTransport(1, cluster_id=CLUSTER, listen=a.address)  # a's port is taken
 
 
 def test_detached_node_discards_and_handler_errors_do_not_kill_the_stream(

@@ -8,7 +8,9 @@ is reached on its own rather than hidden behind the header checksum.
 
 from __future__ import annotations
 
+import re
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -103,14 +105,19 @@ def test_example_round_trips(m: Message) -> None:
     assert encode_message(decode_message(encode_message(m))) == encode_message(m)
 
 
-def test_worked_example_of_format_md() -> None:
-    """The bytes docs/FORMAT.md shows for Heartbeat(frm=1, to=2, term=5, commit=3)."""
-    frame = message_frame(Heartbeat(1, 2, 5, 3))
-    assert frame.hex(" ") == (
-        "53 4b 56 57 01 02 00 00 1d 00 00 00 65 fa 36 a9 a9 a0 3d d2 "
-        "05 01 00 00 00 02 00 00 00 05 00 00 00 00 00 00 00 "
-        "03 00 00 00 00 00 00 00 00 00 00 00")
-    assert len(frame) == HEADER_SIZE + 29
+def test_worked_examples_of_format_md() -> None:
+    """The bytes docs/FORMAT.md shows are what the encoders write."""
+    text = (Path(__file__).parent.parent / "docs" / "FORMAT.md").read_text()
+    block = re.search(r"is the 49-byte frame\n\n```\n(.*?)```", text, re.S)
+    assert block
+    shown = bytes.fromhex(" ".join(line.split("  ")[0] for line in block[1].splitlines()))
+    assert shown == message_frame(Heartbeat(1, 2, 5, 3))
+    assert len(shown) == HEADER_SIZE + 29
+    hello = re.search(r"cluster `demo` is `([0-9a-f \n]+)`.*?followed by\n`([0-9a-f \n]+)`",
+                      text, re.S)
+    assert hello
+    assert bytes.fromhex((hello[1] + hello[2]).replace("\n", " ")) == \
+        hello_frame(Hello(Role.PEER, 1, 2, b"demo"))
 
 
 ids = st.integers(1, U32)
@@ -351,6 +358,8 @@ def head(tag: int, frm: int = 1, to: int = 2, term: int = 3) -> bytes:
     (head(MessageType.APPEND) + struct.pack("<QQQI", 4, 1, 0, U32), "cannot fit"),
     (head(MessageType.HEARTBEAT) + struct.pack("<QI", 1, 100) + b"short", "truncated heartbeat"),
     (head(MessageType.SNAPSHOT) + struct.pack("<QQI", 1, 1, U32), "truncated snapshot"),
+    (head(MessageType.SNAPSHOT) + struct.pack("<QQIII", 1, 1, 2, 1, 0) + struct.pack("<I", 0),
+     "peer id 0"),
 ])
 def test_malformed_messages_are_refused(payload: bytes, match: str) -> None:
     with pytest.raises(WireError, match=match):

@@ -160,9 +160,20 @@ class TcpTransport:
     """Node ``node``'s end of a TCP network between the nodes of cluster ``cluster_id``.
 
     ``listen``: where to accept peers (port 0 picks a free port; see
-    :attr:`address`). ``peers``: index -> address of the other nodes (more
-    can be given later with :meth:`set_peer`). Threads start at once; the
-    listener is bound before the constructor returns.
+    :attr:`address`); an address in use raises ``OSError`` here. ``peers``:
+    index -> address of the other nodes (more can be given later with
+    :meth:`set_peer`). Threads start at once; the listener is bound before
+    the constructor returns.
+
+    Bounds: ``max_queue_messages`` and ``max_queue_bytes`` (entry, snapshot
+    and context bytes) per peer queue; ``max_batch_bytes`` per write (at
+    least one message); ``max_payload_bytes`` per frame, both ways.
+    Timeouts: ``connect_timeout_s`` per dial, ``write_timeout_s`` per write
+    to a peer that stopped reading (then reconnect), ``hello_timeout_s`` for
+    an inbound connection to say hello. Reconnection waits a delay drawn
+    from [d/2, d], d doubling from ``backoff_initial_s`` to
+    ``backoff_max_s`` and reset by a successful connect, so peers restarted
+    together do not redial in lockstep.
     """
 
     def __init__(self, node: int, *, cluster_id: bytes, listen: Address,
@@ -180,6 +191,9 @@ class TcpTransport:
             raise ValueError("queue and batch bounds must be positive")
         if not 0 < backoff_initial_s <= backoff_max_s:
             raise ValueError("need 0 < backoff_initial_s <= backoff_max_s")
+        for index in peers or {}:  # before any thread starts
+            if index == node or index < 0:
+                raise ValueError(f"node {node} cannot have node {index} as a peer")
         self.node = node
         self.raft_id = node + 1
         self.cluster_id = cluster_id

@@ -36,8 +36,8 @@ Grammar (all integers little-endian; wire version 1)::
 
 Invariants (each decoder raises :class:`WireError` when one fails):
 
-1. Nothing is trusted before it is checked: the header checksum is verified
-   before any header field is used, the length is compared with the cap
+1. Nothing is trusted before it is checked: the magic and the header
+   checksum are verified before any other header field is used, the length is compared with the cap
    before a payload byte is buffered, and the payload checksum before the
    payload is decoded. TCP's own 16-bit checksum misses corruption that
    NICs, middleboxes and buggy kernels do produce ("TCP is never reliable").
@@ -46,7 +46,8 @@ Invariants (each decoder raises :class:`WireError` when one fails):
    are errors. Hence ``encode(decode(b)) == b`` for every accepted ``b``,
    and ``decode(encode(m)) == m`` for every message.
 3. Node ids on the wire are Raft ids (positive; 0 means "nobody" and only
-   appears as the target of a client's hello, which names no node).
+   appears in a client's hello, as its sender and target: a client names
+   no node).
 4. Tags (:class:`FrameType`, :class:`Role`, ``MessageType``) are never
    renumbered; new ones get new numbers. A frame of a newer wire version is
    refused with an error saying so, never guessed at.
@@ -131,9 +132,11 @@ class WireError(ReplicationError):
 
     Raised for truncation, a bad magic number, a checksum mismatch, a length
     over the cap, an unknown frame type or message tag, a newer wire
-    version, unknown flag bits and trailing bytes. Deterministic and never
-    retryable on the same bytes: the connection that sent them is closed
-    (its stream position can no longer be trusted) and the peer reconnects.
+    version, unknown flag bits and trailing bytes. Not retryable: the same
+    bytes fail the same way, so the connection that sent them is closed (its
+    stream position can no longer be trusted) and the peer reconnects. Not
+    ``deterministic`` in the applier's sense: it is damage in transit, never
+    a property of a replicated entry.
     """
 
     retryable = False
@@ -480,6 +483,8 @@ def _heartbeat_response(r: _Reader, frm: int, to: int, term: int) -> Message:
 def _snapshot(r: _Reader, frm: int, to: int, term: int) -> Message:
     index, sterm, npeers = r.unpack(_SNAP)
     peers = struct.unpack(f"<{npeers}I", r.take(4 * npeers))  # take() checks the length first
+    if 0 in peers:
+        raise WireError(f"{r.what}: peer id 0 in the configuration {peers}")
     return InstallSnapshot(frm, to, term, SnapshotMeta(index, sterm, tuple(peers), r.blob()))
 
 
