@@ -8,11 +8,14 @@ test sleeps for a fixed time.
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -414,3 +417,70 @@ def test_parse_and_format_address() -> None:
     for bad in ("7001", "host:", ":7001", "host:port", "host:70000"):
         with pytest.raises(ValueError):
             parse_address(bad)
+
+
+# -- Raft over TCP ------------------------------------------------------------------
+
+
+def test_raft_over_tcp_elects_commits_and_survives_a_restart(make: Factory,
+                                                               tmp_path: Path) -> None:
+    """Three RaftConsensus drivers, unchanged, over TcpTransport instead of MemoryNetwork.
+
+    The groundwork of a node process: the handler contract is the memory
+    network's, and a node whose process "restarts" (driver and transport
+    closed, then reopened on the same port and log) catches up.
+    """
+    from engine.fs import OSFileSystem
+    from replication.driver import RaftConsensus
+    from replication.raft.node import RaftConfig
+
+    fs = OSFileSystem()
+    config = RaftConfig(election_timeout_ticks=10, heartbeat_ticks=2)
+    transports = [make(i) for i in range(3)]
+    for t in transports:
+        for other in transports:
+            if other is not t:
+                t.set_peer(other.node, other.address)
+
+    def open_node(i: int) -> RaftConsensus:
+        return RaftConsensus(i, 3, fs, str(tmp_path / f"node-{i}"),
+                             cast(Any, transports[i]), config=config,
+                             rng=random.Random(i), tick_s=0.01)
+
+    nodes = [open_node(i) for i in range(3)]
+    try:
+        def leader() -> RaftConsensus | None:
+            ready = [n for n in nodes if n.leader_ready()]
+            return ready[0] if len(ready) == 1 else None
+
+        wait_for(leader, "a leader over TCP")
+        first = leader()
+        assert first is not None and first.propose(b"one")
+        wait_for(lambda: all(n.get_committed_transactions() == [b"one"] for n in nodes),
+                 "'one' everywhere")
+
+        down = next(n.id for n in nodes if n is not first)  # restart a follower
+        nodes[down].close()
+        transports[down].close()
+        assert first.propose(b"two")  # a quorum of two remains
+        transports[down] = make(down, listen=transports[down].address)
+        for other in transports:
+            if other.node != down:
+                transports[down].set_peer(other.node, other.address)
+        nodes[down] = open_node(down)
+        wait_for(lambda: nodes[down].get_committed_transactions() == [b"one", b"two"],
+                 "the restarted node to catch up")
+        assert all(t.stats().bad_connections == 0 for t in transports)
+    finally:
+        for n in nodes:
+            n.close()
+
+
+def test_loopback_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m bench transport`` (the threads vs asyncio measurement), tiny."""
+    from bench.transport import main
+
+    assert main(["--messages", "300", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    for variant in ("threads", "asyncio-thread", "asyncio-loop", "rtt"):
+        assert variant in out
