@@ -56,7 +56,7 @@ from replication.raft.errors import LogCompacted, LogUnavailable, ProposalDroppe
 from replication.raft.log import limit_bytes
 from replication.raft.messages import HardState, Message, SnapshotMeta
 from replication.raft.node import RaftConfig, RaftNode, Ready, Role
-from replication.transport.memory import MemoryNetwork
+from replication.transport import Transport
 
 __all__ = ["LogStorage", "RaftConsensus", "RaftProposal"]
 
@@ -154,7 +154,7 @@ class RaftConsensus:
     """Node ``node`` of an ``nodes``-node Raft group, its log in ``log_dir`` on ``fs``."""
 
     def __init__(self, node: int, nodes: int, fs: FileSystem, log_dir: str,
-                 network: MemoryNetwork, *, config: RaftConfig, rng: random.Random,
+                 network: Transport, *, config: RaftConfig, rng: random.Random,
                  tick_s: float, threads: bool = True,
                  on_leader: Callable[[int, int], None] | None = None,
                  on_commit: Callable[[tuple[LogEntry, ...]], None] | None = None,
