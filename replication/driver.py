@@ -377,9 +377,14 @@ class RaftConsensus:
                 if upto > self.log.base_index:
                     self.log.compact(upto)
         except Exception as exc:
-            if self.log.failed is None:
-                raise
-            self.fail(exc)
+            self._fail_if_the_log_failed(exc)
+
+    def _fail_if_the_log_failed(self, exc: Exception) -> None:
+        """After ``exc`` (holding no lock): if the log refused a write (a failed sync or
+        rewrite), fail-stop this node; otherwise re-raise (a bug must not look like a disk)."""
+        if self.log.failed is None:
+            raise exc
+        self.fail(exc)
 
     def forget(self, peer: int) -> None:
         """Stop counting what node ``peer`` acknowledged (its storage is to be deleted)."""
@@ -416,7 +421,15 @@ class RaftConsensus:
                 return
 
     def cycle(self) -> bool:
-        """Step queued messages and carry out one Ready; False if there was nothing to do."""
+        """Step queued messages and carry out one Ready; False if there was nothing to do
+        (or the log failed a write: the node then fail-stops)."""
+        try:
+            return self._cycle()
+        except Exception as exc:
+            self._fail_if_the_log_failed(exc)
+            return False
+
+    def _cycle(self) -> bool:
         with self._cycle_lock:
             with self._lock:
                 if self._stopped:

@@ -191,9 +191,14 @@ class RaftGroup:
     def _running(self) -> list[RaftConsensus]:
         return [n for n in self._nodes if n is not None and n.failed is None]
 
-    def _node(self, node: int) -> RaftConsensus:
+    def _up(self, node: int) -> RaftConsensus | None:
+        """Node ``node`` if it runs (not crashed, damaged or failed), else None."""
         n = self._nodes[self._check_node(node)]
-        if n is None or n.failed is not None:
+        return n if n is not None and n.failed is None else None
+
+    def _node(self, node: int) -> RaftConsensus:
+        n = self._up(node)
+        if n is None:
             raise NotLeader(f"node {node} is down")
         return n
 
@@ -206,8 +211,8 @@ class RaftGroup:
         """
         hint = self._elected_last
         if hint is not None:
-            n = self._nodes[hint[1]]
-            if n is not None and n.failed is None and n.is_leader:
+            n = self._up(hint[1])
+            if n is not None and n.is_leader:
                 return hint[1]
         best: tuple[int, int] | None = None
         for n in self._running():
@@ -262,17 +267,13 @@ class RaftGroup:
 
     def log_span(self, node: int) -> tuple[int, int] | None:
         """(first, last) index held in ``node``'s log; None while the node is down."""
-        n = self._nodes[self._check_node(node)]
-        if n is None or n.failed is not None:
-            return None
-        return n.log.base_index + 1, n.log.last_index
+        n = self._up(node)
+        return None if n is None else (n.log.base_index + 1, n.log.last_index)
 
     def committed_entries(self, node: int) -> tuple[int, list[LogEntry]]:
         """(base index, entries up to ``node``'s commit index) as ``node`` holds them."""
-        n = self._nodes[self._check_node(node)]
-        if n is None or n.failed is not None:
-            return 0, []
-        return n.log.prefix(n.committed)
+        n = self._up(node)
+        return (0, []) if n is None else n.log.prefix(n.committed)
 
     def term_at(self, index: int) -> int | None:
         """The term of committed entry ``index`` in the leader's log (None: not known there)."""
@@ -283,12 +284,11 @@ class RaftGroup:
         return n.log.term_at(index)
 
     def is_alive(self, node: int) -> bool:
-        n = self._nodes[self._check_node(node)]
-        return n is not None and n.failed is None
+        return self._up(node) is not None
 
     def leader_ready(self, node: int) -> bool:
-        n = self._nodes[self._check_node(node)]
-        return n is not None and n.failed is None and n.leader_ready()
+        n = self._up(node)
+        return n is not None and n.leader_ready()
 
     def now(self) -> float:
         """Seconds, or in deterministic mode ticks x the tick length."""
@@ -504,20 +504,9 @@ class RaftGroup:
     def _settle(self) -> None:
         """Run the nodes' Ready pipelines, in node order, until no message is in flight."""
         for _ in range(1000):
-            if not any([self._cycle(n) for n in self._running()]):
+            if not any([n.cycle() for n in self._running()]):
                 return
         raise RuntimeError("the raft group did not settle: messages keep flowing")
-
-    @staticmethod
-    def _cycle(n: RaftConsensus) -> bool:
-        """One Ready of ``n``; a log that fails a write fail-stops the node, as with threads."""
-        try:
-            return n.cycle()
-        except Exception as exc:
-            if n.log.failed is None:
-                raise
-            n.fail(exc)
-            return False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
