@@ -357,6 +357,7 @@ def multiget100(make: MakeSystem, cfg: Config) -> Measurement:
 def _extra_workloads() -> list[Workload]:
     """Workloads defined in modules that import this one (YCSB, cluster, transactions)."""
     from bench.cluster_bench import cluster_failover, cluster_get, cluster_put
+    from bench.process_bench import proc_failover, proc_workload
     from bench.txn import txn_workload
     from bench.ycsb import ycsb
 
@@ -379,6 +380,18 @@ def _extra_workloads() -> list[Workload]:
                  cluster_get, peers=False),
         Workload("cluster_failover", "3-node cluster: leader crash -> first successful put "
                                      "(latency = failover time)", cluster_failover,
+                 unit="failovers/s", peers=False),
+        *[Workload(f"proc_put{n}", f"3 node processes over TCP: durable puts, {n} client"
+                                   f"{'s' if n > 1 else ''} in other processes",
+                   proc_workload("put", n, ops), peers=False, durable=True)
+          for n, ops in ((1, 1_000), (16, 6_400), (64, 12_800))],
+        Workload("proc_get16", "3 node processes: linearizable gets (ReadIndex), 16 clients",
+                 proc_workload("get", 16, 6_400), peers=False),
+        Workload("proc_rmw16", "3 node processes: read-modify-write transactions on 1,000 "
+                               "keys, 16 clients", proc_workload("rmw", 16, 3_200),
+                 unit="commits/s", peers=False, durable=True),
+        Workload("proc_failover", "3 node processes: SIGKILL the leader -> first successful "
+                                  "put (latency = failover time)", proc_failover,
                  unit="failovers/s", peers=False),
     ]
 

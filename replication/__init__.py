@@ -12,6 +12,10 @@ Quick start::
 See :class:`KeyValueStore` for the API and its guarantees, :class:`Cluster`
 for fault injection, and :class:`RaftGroup` for the consensus module (N Raft
 nodes in one process, each with its durable log, speaking only by messages).
+
+A cluster of node processes (``python -m replication up`` or ``serve``) is
+reached with :func:`connect`, which returns a :class:`RemoteStore` with the
+same API and guarantees.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import __version__
+from replication.client import RemoteStore, RemoteTransaction, connect
 from replication.cluster import Cluster
 from replication.consensus import ConsensusModule, LogEntry, Proposal
 from replication.errors import AmbiguousCommit, NotLeader, ReplicationError, Unavailable
@@ -34,10 +39,13 @@ __all__ = [
     "NotLeader",
     "Proposal",
     "RaftGroup",
+    "RemoteStore",
+    "RemoteTransaction",
     "ReplicationError",
     "StoreTransaction",
     "Unavailable",
     "__version__",
+    "connect",
     "open",
 ]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["ConsensusModule", "LogEntry", "Proposal"]
+__all__ = ["ConsensusModule", "LogEntry", "NodeConsensus", "Proposal"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,4 +121,59 @@ class ConsensusModule(Protocol):
 
     def truncate_prefix(self, index: int) -> None:
         """Forget committed entries up to ``index`` (every replica has applied them)."""
+        ...
+
+
+class NodeConsensus(Protocol):
+    """What a replica (:class:`replication.node.Node`) needs of its consensus module.
+
+    Two implementations: :class:`replication.raftgroup.RaftGroup` (every
+    replica in this process; ``node`` picks one) and
+    :class:`replication.member.Member` (the one replica of a node process;
+    ``node`` must be its own). Indexes are 0-based node ids.
+    """
+
+    @property
+    def deterministic(self) -> bool:
+        """True when the owner drives time by ticks (no applier thread is started)."""
+        ...
+
+    @property
+    def leader_id(self) -> int | None: ...
+
+    @property
+    def term(self) -> int: ...
+
+    @property
+    def commit_index(self) -> int: ...
+
+    def leader_ready(self, node: int) -> bool:
+        """Does ``node`` lead and has it committed an entry of its own term?"""
+        ...
+
+    def now(self) -> float:
+        """Seconds on the group's clock (certifier ages)."""
+        ...
+
+    def random_id(self) -> bytes:
+        """16 fresh random bytes (transaction ids)."""
+        ...
+
+    def next_index(self, node: int) -> int: ...
+
+    def submit(self, transaction: bytes, *, node: int | None = None,
+               expect_index: int | None = None, expect_term: int | None = None,
+               attachment: Any = None) -> Proposal: ...
+
+    def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
+                      ) -> list[LogEntry]:
+        """Committed entries ``node`` holds; SnapshotNeeded if ``index + 1`` was compacted."""
+        ...
+
+    def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool: ...
+
+    def read_index(self, node: int, timeout: float) -> int: ...
+
+    def crash(self, node: int) -> None:
+        """Take ``node`` out of the group (its applier failed: it must not vote or lead)."""
         ...

@@ -55,7 +55,7 @@ from replication.log_store import NodeLog
 from replication.raft.errors import LogCompacted, LogUnavailable, ProposalDropped
 from replication.raft.log import limit_bytes
 from replication.raft.messages import HardState, Message, SnapshotMeta
-from replication.raft.node import RaftConfig, RaftNode, Ready, Role
+from replication.raft.node import RaftConfig, RaftNode, Ready, Role, Status
 from replication.transport import Transport
 
 __all__ = ["LogStorage", "RaftConsensus", "RaftProposal"]
@@ -186,6 +186,7 @@ class RaftConsensus:
         self._reads: dict[bytes, _Read] = {}
         self._read_ids = itertools.count(1)
         self.failed: BaseException | None = None
+        self.last_heard: dict[int, float] = {}  # peer -> time.monotonic() of its last message
         self.syncs = 0
         self._stopped = False
         self._wake = threading.Event()
@@ -386,6 +387,19 @@ class RaftConsensus:
             raise exc
         self.fail(exc)
 
+    def transfer_leadership(self, to: int) -> None:
+        """Hand leadership to node ``to`` once it is caught up; NotLeader unless leading."""
+        with self._lock:
+            self._check_leader()
+            if to != self.id:
+                self._raft.transfer_leadership(to + 1)
+        self._wake.set()
+
+    def status(self) -> Status:
+        """The core's status (ids are Raft ids: node index + 1)."""
+        with self._lock:
+            return self._raft.status()
+
     def forget(self, peer: int) -> None:
         """Stop counting what node ``peer`` acknowledged (its storage is to be deleted)."""
         with self._lock:
@@ -395,6 +409,7 @@ class RaftConsensus:
 
     def _deliver(self, m: Message) -> None:
         """Network handler: queue ``m`` for the driver (called from the sender's thread)."""
+        self.last_heard[m.frm - 1] = time.monotonic()
         self._inbox.append(m)
         self._wake.set()
 

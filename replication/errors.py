@@ -36,13 +36,17 @@ class NotLeader(ReplicationError):
     """The node that ran the operation lost leadership before it committed; nothing was.
 
     ``leader`` is the node believed to lead now (None if unknown), a hint
-    for where to retry. ``KeyValueStore`` retries these on the new leader.
+    for where to retry; from a node process, ``address`` is that node's
+    ``HOST:PORT``. ``KeyValueStore`` and ``RemoteStore`` retry these on the
+    new leader.
     """
 
     retryable = True
 
-    def __init__(self, message: str, *, leader: int | None = None) -> None:
+    def __init__(self, message: str, *, leader: int | None = None,
+                 address: str | None = None) -> None:
         self.leader = leader
+        self.address = address
         super().__init__(message)
 
 
@@ -65,10 +69,14 @@ class AmbiguousCommit(ReplicationError):
 
     retryable = False
 
-    def __init__(self, message: str, *, index: int, term: int, txn_id: bytes = b"") -> None:
+    def __init__(self, message: str, *, index: int, term: int, txn_id: bytes = b"",
+                 session: tuple[bytes, int] | None = None) -> None:
         self.index = index
         self.term = term
         self.txn_id = txn_id
+        # A network client's write: its (client id, seq), which RemoteStore.outcome asks about
+        # (index and term are then 0: the client never learned them).
+        self.session = session
         super().__init__(message)
 
 

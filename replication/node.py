@@ -41,10 +41,11 @@ import engine
 from engine.fs import FileSystem, atomic_write
 from engine.ssi import BlindWrite, BlindWrites, Certifier, TxnState
 from engine.txn import Transaction
-from replication.command import decode_command, encode_command
-from replication.consensus import Proposal
+from replication.command import VERSION as COMMAND_VERSION
+from replication.command import Command, Session, decode_command, encode_command
+from replication.consensus import NodeConsensus, Proposal
 from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, SnapshotNeeded, Unavailable
-from replication.raftgroup import RaftGroup
+from replication.sessions import resolve_sessions
 
 __all__ = ["LeaderTransactions", "Node"]
 
@@ -59,7 +60,7 @@ SnapshotSource = Callable[[int, int, str], int]
 class Node:
     """Replica ``node_id`` of a cluster: its engine, applier and leader role."""
 
-    def __init__(self, node_id: int, path: str, consensus: RaftGroup,
+    def __init__(self, node_id: int, path: str, consensus: NodeConsensus,
                  engine_options: engine.Options, fs: FileSystem,
                  snapshot_source: SnapshotSource, *, timeout: float) -> None:
         self.id = node_id
@@ -180,16 +181,16 @@ class Node:
             return 1
         if not entries:
             return 0
-        items: list[tuple[int, engine.WriteBatch]] = []
+        commands: list[tuple[int, Command]] = []
         for entry in entries:
             if not entry.payload:
-                items.append((entry.index, engine.WriteBatch()))
-                continue
-            if isinstance(entry.attachment, engine.WriteBatch):  # the proposer's own batch
-                items.append((entry.index, entry.attachment))
-                continue
-            # A CorruptionError here stops the node (see the module docstring).
-            items.append((entry.index, decode_command(entry.payload, index=entry.index)[1]))
+                commands.append((entry.index, Command(b"", engine.WriteBatch(), None)))
+            elif (isinstance(entry.attachment, engine.WriteBatch)
+                    and entry.payload[0] == COMMAND_VERSION):  # the proposer's own batch
+                commands.append((entry.index, Command(b"", entry.attachment, None)))
+            else:  # a CorruptionError here stops the node (see the module docstring)
+                commands.append((entry.index, decode_command(entry.payload, index=entry.index)))
+        items = resolve_sessions(commands, e.get)
         e.apply_many(items)
         self._wake_waiters()
         return len(entries)
@@ -244,6 +245,11 @@ class Node:
         """Is this node leading with a transaction manager for the current term?"""
         tm = self._tm
         return tm is not None and tm.current()
+
+    def certifier_state(self) -> dict[str, int] | None:
+        """The current term's certifier state sizes while this node leads, else None."""
+        tm = self._tm
+        return tm.tracked() if tm is not None and tm.current() else None
 
     def transactions(self, timeout: float | None = None) -> LeaderTransactions:
         """This node's transaction manager for the current term; NotLeader if it does not lead.
@@ -366,7 +372,7 @@ class LeaderTransactions:
        them.)
     """
 
-    def __init__(self, node: Node, consensus: RaftGroup, term: int) -> None:
+    def __init__(self, node: Node, consensus: NodeConsensus, term: int) -> None:
         e = node.engine
         if e is None:
             raise NotLeader(f"node {node.id} is down")
@@ -380,6 +386,7 @@ class LeaderTransactions:
         self._lock = threading.Lock()
         self._snapshots: dict[int, engine.Snapshot] = {}
         self._timeouts: dict[int, float] = {}  # txn id -> its store's timeout, for commit
+        self._sessions: dict[int, Session] = {}  # txn id -> its client's session request
         self._orphans: list[_Inflight] = []  # writes whose client stopped waiting
         self._unsettled = 0  # certified write sets not yet settled (waited on or orphans)
         self._retired: str | None = None
@@ -445,11 +452,13 @@ class LeaderTransactions:
     # -- beginning ---------------------------------------------------------------------
 
     def begin(self, *, read_only: bool = False, timeout: float | None = None,
-              commit_timeout: float | None = None) -> Transaction:
+              commit_timeout: float | None = None, session: Session | None = None
+              ) -> Transaction:
         """A transaction reading a snapshot at least as new as the commit index right now.
 
         Beginning waits at most ``timeout`` seconds, its commit at most
-        ``commit_timeout`` (both default to the cluster's timeout).
+        ``commit_timeout`` (both default to the cluster's timeout). ``session``:
+        the network client's request its commit is (:mod:`replication.sessions`).
         """
         node = self._node
         timeout = node.timeout if timeout is None else timeout
@@ -472,6 +481,8 @@ class LeaderTransactions:
             self._snapshots[state.txn_id] = snap
             self._timeouts[state.txn_id] = node.timeout if commit_timeout is None \
                 else commit_timeout
+            if session is not None:
+                self._sessions[state.txn_id] = session
         return Transaction(self, state)
 
     # -- engine.txn.TransactionBackend -------------------------------------------------------
@@ -500,6 +511,7 @@ class LeaderTransactions:
             self._certifier.abort(state)
             snap = self._snapshots.pop(state.txn_id, None)
             self._timeouts.pop(state.txn_id, None)
+            self._sessions.pop(state.txn_id, None)
         if snap is not None:
             snap.release()
 
@@ -507,6 +519,7 @@ class LeaderTransactions:
         with self._lock:
             snap = self._snapshots.pop(state.txn_id, None)
             timeout = self._timeouts.pop(state.txn_id, self._node.timeout)
+            session = self._sessions.pop(state.txn_id, None)
         try:
             if not ops:
                 with self._lock:
@@ -517,28 +530,32 @@ class LeaderTransactions:
                 self._certifier.certify(state, ops, seq, self._consensus.now())
                 return _Inflight(seq, txn=state)
 
-            return self._propose(ops, certify, timeout)
+            return self._propose(ops, certify, timeout, session)
         finally:
             if snap is not None:
                 snap.release()
 
     # -- writes outside transactions -----------------------------------------------------------
 
-    def write(self, ops: Ops, timeout: float | None = None) -> int:
+    def write(self, ops: Ops, timeout: float | None = None,
+              session: Session | None = None) -> int:
         """A blind write (put/delete): never conflicts, but is recorded for running transactions.
 
         ``ops`` must already be checked (keys, values, sizes): the caller
-        builds it through an ``engine.WriteBatch``.
+        builds it through an ``engine.WriteBatch``. ``session``: the network
+        client's request this is; a retried request applies only once.
         """
         def record(seq: int) -> _Inflight:
             return _Inflight(seq, blind=self._blind.submit(seq, ops, self._consensus.now()))
 
-        return self._propose(ops, record, self._node.timeout if timeout is None else timeout)
+        return self._propose(ops, record, self._node.timeout if timeout is None else timeout,
+                             session)
 
-    def _propose(self, ops: Ops, certify: Callable[[int], _Inflight], timeout: float) -> int:
+    def _propose(self, ops: Ops, certify: Callable[[int], _Inflight], timeout: float,
+                 session: Session | None = None) -> int:
         """Certify and submit in one critical section; wait outside; settle the certifier."""
         txn_id = self._consensus.random_id()
-        payload = encode_command(txn_id, ops)
+        payload = encode_command(txn_id, ops, session)
         batch = engine.WriteBatch(self.options)
         batch.ops.update(ops)  # already checked by the transaction or the store
         c = self._consensus

@@ -145,14 +145,15 @@ def _entry_lines(rec: RlogRecord, hex_: bool, value_limit: int | None) -> Iterat
         yield f"ENTRY {rec.index} term {rec.term} @ offset {rec.offset}: no-op (leader's first)"
         return
     try:
-        txn_id, batch = decode_command(rec.payload, index=rec.index)
+        txn_id, batch, session = decode_command(rec.payload, index=rec.index)
     except CorruptionError as exc:
         yield (f"ENTRY {rec.index} term {rec.term} @ offset {rec.offset}: "
                f"{len(rec.payload)} bytes, undecodable command ({exc.detail})")
         return
     ops = list(batch)
-    yield (f"ENTRY {rec.index} term {rec.term} @ offset {rec.offset}: txn {txn_id.hex()}, "
-           f"{len(ops)} op{'' if len(ops) == 1 else 's'}")
+    client = "" if session is None else f", client {session.client_id.hex()} seq {session.seq}"
+    yield (f"ENTRY {rec.index} term {rec.term} @ offset {rec.offset}: txn {txn_id.hex()}"
+           f"{client}, {len(ops)} op{'' if len(ops) == 1 else 's'}")
     for key, value in ops:
         k = show_bytes(key, hex_=hex_, limit=value_limit)
         if value is None:

@@ -463,6 +463,28 @@ def check_transaction_history(cluster: Cluster, store: KeyValueStore,
     Acknowledged commits must be in the log at ``tx.sequence``; attempts reported
     as not committed must not be; ambiguous ones count as committed iff found.
     """
+    if log is None:
+        log = committed_log(cluster)
+    committed = check_attempts(attempts, log, min_committed)
+    # (c) nothing acknowledged is lost: the replicas hold exactly what the log implies.
+    state = replica_state(cluster)
+    assert state == apply_log(log)
+    check_final_reads(store, committed)
+    errors = [f"{a.txn_id}: {a.error}" for a in attempts if a.outcome == "error"]
+    assert not errors, f"unexpected client errors: {errors[:5]}"
+
+
+def check_final_reads(store: KeyValueStore, committed: list[CommittedTxn]) -> None:
+    """Each transaction key reads as its last committed writer left it."""
+    for key in TXN_KEYS:
+        writers = [(t.commit_seq, t.txn_id) for t in committed if key.encode() in t.writes]
+        expected = max(writers)[1] if writers else None
+        assert store.get(key) == expected
+
+
+def check_attempts(attempts: list[Attempt], log: list[tuple[int, dict[bytes, bytes | None]]],
+                   min_committed: int) -> list[CommittedTxn]:
+    """Serializable and strict, and what clients were told matches ``log``; the committed."""
     outcomes: dict[str, int] = {}
     for a in attempts:
         outcomes[a.outcome] = outcomes.get(a.outcome, 0) + 1
@@ -471,12 +493,10 @@ def check_transaction_history(cluster: Cluster, store: KeyValueStore,
         "too few transactions committed to mean much")
 
     # Where did each writer land in the log? Values name their writer.
-    if log is None:
-        log = committed_log(cluster)
     txn_keys = {k.encode() for k in TXN_KEYS}
     landed: dict[str, int] = {}
     for index, ops in log:
-        if not set(ops) <= txn_keys:  # another workload's write (a mixed run)
+        if not ops or not set(ops) <= txn_keys:  # a barrier, or another workload's write
             continue
         writers = {v.decode() for v in ops.values() if v is not None}
         assert len(writers) == 1, f"log entry {index} mixes writers {writers}"
@@ -540,16 +560,7 @@ def check_transaction_history(cluster: Cluster, store: KeyValueStore,
             assert a.snapshot >= best[i - 1], (
                 f"{a.txn_id} began after commit {best[i - 1]} was acknowledged but read "
                 f"snapshot {a.snapshot}")
-
-    # (c) nothing acknowledged is lost: the replicas hold exactly what the log implies.
-    state = replica_state(cluster)
-    assert state == apply_log(log)
-    for key in TXN_KEYS:
-        writers = [(t.commit_seq, t.txn_id) for t in committed if key.encode() in t.writes]
-        expected = max(writers)[1] if writers else None
-        assert store.get(key) == expected
-    errors = [f"{a.txn_id}: {a.error}" for a in attempts if a.outcome == "error"]
-    assert not errors, f"unexpected client errors: {errors[:5]}"
+    return committed
 
 
 @pytest.mark.parametrize("nodes", [3, 5])

@@ -31,9 +31,13 @@ Invariants:
 3. A connection that sends anything but a valid hello followed by valid
    RAFT frames from the peer it named is closed, logged at WARNING and
    counted (``bad_connections``); the transport goes on serving every other
-   connection. A frame cut off by the end of the stream is what a sender
-   killed mid-write leaves (a torn tail, not corruption): its bytes are
-   dropped and the disconnection logged like any other.
+   connection. A hello with role CLIENT hands the connection to
+   ``on_client`` (if given; else it is refused) in its reader thread, with
+   the frames that came with the hello; whatever ``on_client`` raises as a
+   ``WireError`` closes the connection the same way. A frame cut off by the
+   end of the stream is what a sender killed mid-write leaves (a torn tail,
+   not corruption): its bytes are dropped and the disconnection logged like
+   any other.
 4. The handler is called in a reader thread, outside every lock of this
    module, for messages addressed to this node only; like MemoryNetwork's
    handlers it must only queue the message.
@@ -68,6 +72,7 @@ from replication.raft.messages import (
 )
 from replication.transport.wire import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    Frame,
     FrameDecoder,
     FrameType,
     Hello,
@@ -79,14 +84,21 @@ from replication.transport.wire import (
     message_frame,
 )
 
-__all__ = ["Address", "TcpTransport", "TransportStats", "format_address", "parse_address"]
+__all__ = ["Address", "ClientHandler", "TcpTransport", "TransportStats", "format_address",
+           "parse_address"]
 
 log = logging.getLogger(__name__)
 
 Address = tuple[str, int]
 Handler = Callable[[Message], None]
+# A client connection, handed over after its hello: the socket, the client's
+# address, the frames that arrived with the hello, and the decoder holding any
+# partial frame after them. The handler owns the connection until it returns
+# (the transport then closes the socket); it runs in the connection's reader thread.
+ClientHandler = Callable[[socket.socket, Address, list[Frame], FrameDecoder], None]
 
 _RECV_BYTES = 256 * 1024
+_CLIENT = -1  # _on_frame's answer for a client's hello: hand the connection over
 
 
 def parse_address(text: str) -> Address:
@@ -184,7 +196,8 @@ class TcpTransport:
                  connect_timeout_s: float = 1.0, write_timeout_s: float = 5.0,
                  hello_timeout_s: float = 5.0,
                  backoff_initial_s: float = 0.05, backoff_max_s: float = 2.0,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 on_client: ClientHandler | None = None) -> None:
         if node < 0:
             raise ValueError(f"node index must be >= 0, got {node}")
         if max_queue_messages < 1 or max_queue_bytes < 1 or max_batch_bytes < 1:
@@ -209,6 +222,7 @@ class TcpTransport:
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
         self._handler: Handler | None = None
+        self._on_client = on_client
         self._lock = threading.Lock()
         self._closed = False
         self._closing = threading.Event()
@@ -434,11 +448,19 @@ class TcpTransport:
             self._readers.add(reader)
         reader.start()
 
-    def _check_hello(self, hello: Hello) -> int:
-        """The peer index a valid peer hello names; WireError if this node must refuse it."""
+    def _check_hello(self, hello: Hello) -> int | None:
+        """The peer index a valid peer hello names, None for a client; WireError if this
+        node must refuse it."""
         if hello.cluster_id != self.cluster_id:
             raise WireError(f"hello from cluster {hello.cluster_id!r}, this node is in "
                             f"cluster {self.cluster_id!r}")
+        if hello.role is Role.CLIENT:
+            if self._on_client is None:
+                raise WireError("hello as CLIENT: this transport serves peers only")
+            if hello.target not in (0, self.raft_id):
+                raise WireError(f"client hello meant for node {hello.target - 1}, this is "
+                                f"node {self.node}")
+            return None
         if hello.role is not Role.PEER:
             raise WireError(f"hello as {hello.role.name}: this transport serves peers only")
         if hello.target != self.raft_id:
@@ -457,6 +479,8 @@ class TcpTransport:
                 raise WireError(f"first frame is {frame_type.name}, not HELLO")
             peer = self._check_hello(decode_hello(payload))
             sock.settimeout(None)
+            if peer is None:
+                return _CLIENT
             self._register_inbound(sock, addr, peer)
             return peer
         if frame_type is not FrameType.RAFT:
@@ -499,8 +523,19 @@ class TcpTransport:
                     if decoder.buffered_bytes:  # a torn tail: the sender died mid-write
                         reason = f"closed mid-frame, {decoder.buffered_bytes} bytes dropped"
                     break
-                for frame in decoder.feed(data):
+                frames = decoder.feed(data)
+                rest: list[Frame] | None = None
+                for i, frame in enumerate(frames):
                     peer = self._on_frame(sock, addr, peer, frame.type, frame.payload)
+                    if peer == _CLIENT:
+                        rest = frames[i + 1:]
+                        break
+                if rest is not None:
+                    assert self._on_client is not None
+                    peer = None  # not a peer: no (dis)connection lines for it here
+                    self._on_client(sock, addr, rest, decoder)
+                    reason = "client done"
+                    break
         except WireError as exc:  # logged before counted: whoever sees the count sees the line
             reason = f"bad frame: {exc}"
             log.warning("node %d: closing connection from %s (peer %s): %s", self.node,
