@@ -342,7 +342,7 @@ class Engine:
         self._rejecting_writes = False  # close() started: no new writes
         self._closing = False  # background threads must stop
         self._stats: Counter[str] = Counter()
-        self._certifier = Certifier(self.options.isolation, self.options.max_txn_age)
+        self._certifier = Certifier(self.options.isolation, self.options.max_txn_age_s)
         self._blind = BlindWrites(self._certifier)  # writes outside transactions (_mutex)
         self._default_sync = self.options.sync == "always"
         # Closed WAL segments holding records written without a sync: a synced
