@@ -18,7 +18,8 @@ no I/O, no locks.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from types import TracebackType
 from typing import Any
 
 from engine.encoding import Kind
@@ -26,9 +27,11 @@ from engine.errors import CorruptionError, InvalidArgument
 from engine.options import Options
 
 __all__ = [
+    "BatchContext",
     "RangeEnd",
     "WriteBatch",
     "check_bound",
+    "check_entries",
     "check_key",
     "check_keys",
     "check_sync",
@@ -308,3 +311,48 @@ def decode_batch(
         raise CorruptionError(path, base + pos, "truncated batch sequence") from None
     ops, end = decode_ops(data, pos + 8, path=path, base=base)
     return seq, ops, end
+
+
+class BatchContext(WriteBatch):
+    """``with db.batch() as b:`` -- a WriteBatch written atomically on clean exit.
+
+    ``write(batch, sync)`` is the store's write (``Engine.write``); an
+    exception inside the block discards the batch.
+    """
+
+    __slots__ = ("_sync", "_write")
+
+    def __init__(self, options: Options, write: Callable[[WriteBatch, bool | None], None],
+                 sync: bool | None = None) -> None:
+        super().__init__(options)
+        self._write = write
+        self._sync = sync
+
+    def __enter__(self) -> BatchContext:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self._write(self, self._sync)
+
+
+def check_entries(entries: Sequence[tuple[int, WriteBatch]]
+                  ) -> tuple[list[tuple[int | None, dict[bytes, Any]]], int]:
+    """``apply_many``'s (sequence, batch) pairs checked: their (sequence, ops) and byte total.
+
+    Sequences must be ints in ``[1, 2**56)`` (the WAL's sequence field) and
+    batches WriteBatch objects; anything else raises before anything is written.
+    """
+    items: list[tuple[int | None, dict[bytes, Any]]] = []
+    nbytes = 0
+    for sequence, batch in entries:
+        if not isinstance(batch, WriteBatch):
+            raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
+        if type(sequence) is not int:
+            raise TypeError(f"sequence must be an int, got {type(sequence).__name__}")
+        if not 0 < sequence < 1 << 56:
+            raise InvalidArgument(f"sequence must be in [1, 2**56), got {sequence}")
+        items.append((sequence, dict(batch.ops)))
+        nbytes += batch.byte_size
+    return items, nbytes

@@ -98,7 +98,7 @@ class SerializationFailure(EngineError):
     * ``doomed`` -- reserved for a transaction marked to fail by another's
       commit. PostgreSQL needs it; with buffered writes our certifier always
       finds the victim acting itself, so it never occurs (engine/ssi.py);
-    * ``too_old`` -- the transaction ran longer than ``Options.max_txn_age``;
+    * ``too_old`` -- the transaction ran longer than ``Options.max_txn_age_s``;
     * ``stale_read`` -- OCC only: something this transaction read was
       overwritten by a transaction that committed after its snapshot.
     """

@@ -8,7 +8,8 @@ offending field, so a bad option never gets as far as the disk.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import warnings
+from dataclasses import InitVar, dataclass
 from typing import Literal
 
 from engine.errors import InvalidArgument
@@ -17,6 +18,7 @@ __all__ = ["KiB", "MiB", "Options"]
 
 KiB = 1024
 MiB = 1024 * KiB
+_DEFAULT_MAX_TXN_AGE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,10 @@ class Options:
 
     * ``isolation`` (``"ssi"``) -- ``"ssi"`` (serializable) or ``"occ"``
       (optimistic concurrency control, the baseline).
-    * ``max_txn_age`` (60.0 s) -- an older transaction fails with
+    * ``max_txn_age_s`` (60.0) -- an older transaction fails with
       ``SerializationFailure("too_old")``; bounds the certifier's memory.
+      ``max_txn_age`` is its old name: still accepted (with a
+      ``DeprecationWarning``) and readable, checked like the new one.
 
     Checks:
 
@@ -113,9 +117,22 @@ class Options:
     num_levels: int = 7
 
     isolation: Literal["ssi", "occ"] = "ssi"
-    max_txn_age: float = 60.0
+    max_txn_age_s: float = _DEFAULT_MAX_TXN_AGE_S
+    # Deprecated spelling of max_txn_age_s (init only; reading it is the property below).
+    max_txn_age: InitVar[float | None] = None
 
     paranoid_checks: bool = False
+
+    def __post_init__(self, max_txn_age: float | None) -> None:
+        """Fold the deprecated ``max_txn_age=`` into ``max_txn_age_s`` (both given: must agree)."""
+        if max_txn_age is None:
+            return
+        warnings.warn("Options.max_txn_age is deprecated: use max_txn_age_s (seconds)",
+                      DeprecationWarning, stacklevel=3)
+        if self.max_txn_age_s != _DEFAULT_MAX_TXN_AGE_S and self.max_txn_age_s != max_txn_age:
+            raise InvalidArgument(f"max_txn_age={max_txn_age!r} (deprecated) contradicts "
+                                  f"max_txn_age_s={self.max_txn_age_s!r}: give only max_txn_age_s")
+        object.__setattr__(self, "max_txn_age_s", max_txn_age)
 
     def validate(self) -> Options:
         """Return ``self`` if every field is acceptable, else raise ``InvalidArgument``."""
@@ -159,11 +176,26 @@ class Options:
                 f"{self.l0_compaction_trigger}, {self.l0_slowdown_trigger}, "
                 f"{self.l0_stop_trigger}"
             )
-        if not isinstance(self.max_txn_age, (int, float)) or not self.max_txn_age > 0:
-            raise InvalidArgument(
-                f"max_txn_age must be a positive number, got {self.max_txn_age!r}")
+        age = self.max_txn_age_s
+        if not isinstance(age, (int, float)) or not age > 0:
+            raise InvalidArgument(f"max_txn_age_s must be a positive number, got {age!r}")
         return self
 
     def replace(self, **changes: object) -> Options:
         """Return a validated copy with ``changes`` applied."""
+        # dataclasses.replace copies init-only fields by reading them: the
+        # deprecated alias must not be re-read (and re-warned) that way.
+        changes = {"max_txn_age": None, **changes}
+        if changes["max_txn_age"] is not None and "max_txn_age_s" not in changes:
+            changes["max_txn_age_s"] = _DEFAULT_MAX_TXN_AGE_S  # the old name replaces it
         return dataclasses.replace(self, **changes).validate()  # type: ignore[arg-type]
+
+
+def _max_txn_age(self: Options) -> float:
+    """Deprecated: :attr:`Options.max_txn_age_s` under its old name (seconds)."""
+    return self.max_txn_age_s
+
+
+# The old name stays readable. It is set after the class is built because the
+# dataclass needs the same name for the init-only alias above.
+setattr(Options, "max_txn_age", property(_max_txn_age))  # noqa: B010

@@ -18,7 +18,7 @@ for why we chose blocks over a forward scan.
 
 Writers and readers here are pure (bytes in, bytes out); the caller owns the
 file and decides what a torn tail means, so the caller logs it (once: the
-WAL recovery in ``engine/db.py``, the manifest, the replication log), not
+WAL recovery in ``engine/recovery.py``, the manifest, the replication log), not
 :func:`read_log`. Not thread-safe: one writer per file, guarded by its owner.
 """
 

@@ -30,7 +30,7 @@ Model (Cahill, Röhm & Fekete 2008; Ports & Grittner 2012):
   by the victim itself. PostgreSQL, whose writes are visible as they happen,
   must instead *doom* a running pivot when T_out commits; here no transaction
   ever dooms another. ``TxnState.doomed`` remains for :meth:`Certifier.expire`,
-  which fails transactions older than ``max_txn_age`` (``too_old``).
+  which fails transactions older than ``max_txn_age_s`` (``too_old``).
 
 Lifecycle of a :class:`TxnState`::
 
@@ -52,7 +52,7 @@ Invariants:
 2. A committed transaction is forgotten once every active transaction began
    after it was certified and sees its writes: it can then gain no
    rw-edge to a concurrent transaction. So the state tracked is bounded by
-   the transactions overlapping the oldest active one, and ``max_txn_age``
+   the transactions overlapping the oldest active one, and ``max_txn_age_s``
    bounds how long that can be.
 3. ``isolation="occ"`` uses the same write index but no SIREAD entries: at
    certification a transaction fails if anything it read was overwritten by a
@@ -67,6 +67,7 @@ that wrote nothing).
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter, OrderedDict, deque
 from collections.abc import Collection, Iterable
 from enum import Enum
@@ -153,9 +154,14 @@ class Certifier:
     """Decides, one call at a time, whether transactions may commit."""
 
     def __init__(self, isolation: Literal["ssi", "occ"] = "ssi",
-                 max_txn_age: float = 60.0) -> None:
+                 max_txn_age_s: float = 60.0, *, max_txn_age: float | None = None) -> None:
+        """``max_txn_age_s``: see :meth:`check`; ``max_txn_age`` is its deprecated old name."""
+        if max_txn_age is not None:
+            warnings.warn("Certifier(max_txn_age=) is deprecated: use max_txn_age_s",
+                          DeprecationWarning, stacklevel=2)
+            max_txn_age_s = max_txn_age
         self.isolation = isolation
-        self.max_txn_age = max_txn_age
+        self.max_txn_age_s = max_txn_age_s
         self._stamp = 0
         self._next_id = 0
         self._active: OrderedDict[int, TxnState] = OrderedDict()  # by begin stamp
@@ -208,10 +214,10 @@ class Certifier:
             reason = t.doomed
             self._fail(t, reason)
             raise SerializationFailure(reason, f"transaction {t.txn_id} was chosen as victim")
-        if now - t.begin_time > self.max_txn_age:
+        if now - t.begin_time > self.max_txn_age_s:
             self._fail(t, "too_old")
             raise SerializationFailure(
-                "too_old", f"transaction ran longer than max_txn_age={self.max_txn_age}s")
+                "too_old", f"transaction ran longer than max_txn_age_s={self.max_txn_age_s}")
 
     def on_read(self, t: TxnState, key: bytes, now: float) -> None:
         """Record that ``t`` read ``key`` (present or not) at its snapshot."""
@@ -355,10 +361,10 @@ class Certifier:
         return t
 
     def expire(self, now: float) -> None:
-        """Fail active transactions older than ``max_txn_age`` so their state can go."""
+        """Fail active transactions older than ``max_txn_age_s`` so their state can go."""
         while self._active:
             oldest = next(iter(self._active.values()))
-            if now - oldest.begin_time <= self.max_txn_age:
+            if now - oldest.begin_time <= self.max_txn_age_s:
                 break
             oldest.doomed = "too_old"
             self._fail(oldest, "too_old")

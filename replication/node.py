@@ -381,7 +381,7 @@ class LeaderTransactions:
         self._node = node
         self._engine = e
         self._consensus = consensus
-        self._certifier = Certifier("ssi", e.options.max_txn_age)
+        self._certifier = Certifier("ssi", e.options.max_txn_age_s)
         self._blind = BlindWrites(self._certifier)  # writes outside transactions (invariant 2)
         self._lock = threading.Lock()
         self._snapshots: dict[int, engine.Snapshot] = {}

@@ -311,6 +311,21 @@ def test_stats_has_every_documented_counter_from_the_start() -> None:
         assert f"``{key}``" in doc, f"stats() key {key} is not documented"
 
 
+def test_max_txn_age_is_a_checked_deprecated_alias_of_max_txn_age_s() -> None:
+    """The old name of the setting still works, warns, is validated and cannot contradict."""
+    with pytest.warns(DeprecationWarning, match="max_txn_age_s"):
+        opts = engine.Options(max_txn_age=5.0)
+    assert opts.max_txn_age_s == 5.0 and opts.max_txn_age == 5.0  # type: ignore[attr-defined]
+    assert opts.replace(sync="none").max_txn_age_s == 5.0
+    assert engine.Options(max_txn_age_s=2.0).max_txn_age == 2.0  # type: ignore[attr-defined]
+    with pytest.warns(DeprecationWarning), pytest.raises(engine.InvalidArgument,
+                                                          match="max_txn_age_s"):
+        engine.open("/db", fs=MemFS(), max_txn_age=-1)
+    with pytest.warns(DeprecationWarning), pytest.raises(engine.InvalidArgument,
+                                                          match="contradicts"):
+        engine.Options(max_txn_age=1.0, max_txn_age_s=3.0)
+
+
 def test_options_docstring_documents_every_field() -> None:
     """help(engine.Options) describes every field (slotted dataclass fields have no docstrings)."""
     import dataclasses
