@@ -160,7 +160,7 @@ def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str
     if target == "cluster":
         from replication import Cluster
 
-        cluster = Cluster.open(path, 3, engine_options=_WORKER_OPTIONS, timeout=5.0)
+        cluster = Cluster.open(path, 3, engine=_WORKER_OPTIONS, request_timeout_s=5.0)
         ops = _ClusterOps(cluster.store())
     else:
         ops = _EngineOps(engine.open(path, sync=sync, **_WORKER_OPTIONS))
@@ -295,7 +295,7 @@ def check_cluster(path: str, model: Model, threads: int) -> list[str]:
     from replication import Cluster
     from replication.checker import check_replica_agreement
 
-    with Cluster.open(path, 3, engine_options=_WORKER_OPTIONS, timeout=10.0) as cluster:
+    with Cluster.open(path, 3, engine=_WORKER_OPTIONS, request_timeout_s=10.0) as cluster:
         store = cluster.store()
 
         def scan(lo: bytes, hi: bytes) -> list[tuple[bytes, bytes]]:

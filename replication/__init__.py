@@ -27,12 +27,14 @@ from replication.client import RemoteStore, RemoteTransaction, connect
 from replication.cluster import Cluster
 from replication.consensus import ConsensusModule, LogEntry, Proposal
 from replication.errors import AmbiguousCommit, NotLeader, ReplicationError, Unavailable
+from replication.options import ClusterOptions
 from replication.raftgroup import RaftGroup
 from replication.store import KeyValueStore, StoreTransaction
 
 __all__ = [
     "AmbiguousCommit",
     "Cluster",
+    "ClusterOptions",
     "ConsensusModule",
     "KeyValueStore",
     "LogEntry",
@@ -57,6 +59,6 @@ def open(path: str, nodes: int | None = None, **options: Any) -> KeyValueStore:
     keeps the size its directory records.
 
     Returns a KeyValueStore that owns the cluster: closing the store closes it.
-    Keyword options go to :meth:`Cluster.open`.
+    Keyword settings are :class:`ClusterOptions` fields (see :meth:`Cluster.open`).
     """
     return KeyValueStore(Cluster.open(path, nodes, **options), owns_cluster=True)

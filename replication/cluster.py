@@ -28,28 +28,23 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
-import engine
 from engine.encoding import store_files
 from engine.errors import ClosedError, CorruptionError, InvalidArgument
 from engine.fs import FileLock, FileSystem, OSFileSystem, atomic_write
 from replication.errors import NodeDamaged, NotLeader, Unavailable
 from replication.node import Node
+from replication.options import DEFAULT_ENGINE_OPTIONS, ClusterOptions
 from replication.raftgroup import RaftGroup
+from replication.runtime import SimulatedRuntime
 
 __all__ = ["DEFAULT_ENGINE_OPTIONS", "Cluster"]
 
 log = logging.getLogger(__name__)
 
 VALID_SIZES = (3, 5, 7)
-DEFAULT_ENGINE_OPTIONS: dict[str, Any] = {
-    "wal": False,
-    "memtable_bytes": 4 << 20,
-    "block_cache_bytes": 8 << 20,
-}
 _DESCRIPTOR_PREFIX = b"stratakv-cluster v1 nodes="
 
 
@@ -70,23 +65,21 @@ class Cluster:
     """
 
     def __init__(self, path: str, nodes: int | None = None, *, fs: FileSystem | None = None,
-                 engine_options: dict[str, Any] | engine.Options | None = None,
-                 election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
-                 deterministic: bool = False, timeout: float = 2.0,
-                 max_log_entries: int = 50_000) -> None:
+                 options: ClusterOptions | None = None, **settings: Any) -> None:
+        """Open (or create) the cluster in ``path``.
+
+        ``options`` (default: ClusterOptions()) with any ``settings`` --
+        ClusterOptions field names -- replaced; everything is validated
+        before a file is touched (a misspelled name is an InvalidArgument).
+        """
         if nodes is not None and (type(nodes) is not int or nodes not in VALID_SIZES):
             raise InvalidArgument(f"nodes must be 3, 5 or 7, got {nodes!r}")
-        if not timeout > 0:
-            raise InvalidArgument(f"timeout must be > 0 seconds, got {timeout!r}")
-        if isinstance(engine_options, engine.Options):
-            self.engine_options = engine_options.validate()
-        else:  # a misspelled setting fails here, before any file is touched
-            self.engine_options = engine.Options(
-                **{**DEFAULT_ENGINE_OPTIONS, **(engine_options or {})}).validate()
+        self.options = opts = ClusterOptions.from_settings(options, **settings)
+        self.engine_options = opts.engine
         self.path = path
         self.fs = fs or OSFileSystem()
-        self.timeout = timeout
-        self.max_log_entries = max_log_entries
+        self.timeout = opts.request_timeout_s
+        self.max_log_entries = opts.max_log_entries
         self._dir_lock = self._lock_directory()
         self._closed = False
         self.nodes: list[Node] = []
@@ -94,11 +87,13 @@ class Cluster:
         try:
             size = self._check_layout(nodes)
             consensus = self.consensus = RaftGroup(
-                path, size, fs=self.fs, election_delay=election_delay, latency=latency,
-                seed=seed, deterministic=deterministic, damaged=self._interrupted_repairs(size))
+                path, size, fs=self.fs, election_timeout_ms=opts.election_timeout_ms,
+                link_latency_ms=opts.link_latency_ms, seed=opts.seed,
+                deterministic=opts.deterministic, damaged=self._interrupted_repairs(size))
+            self.runtime = consensus.runtime
             self.nodes = [Node(i, self.fs.join(path, f"node-{i}"), self.consensus,
                                self.engine_options, self.fs, self._snapshot_for,
-                               timeout=timeout) for i in range(size)]
+                               timeout=self.timeout) for i in range(size)]
             self._start_nodes()
         except BaseException:
             for node in self.nodes:
@@ -108,11 +103,10 @@ class Cluster:
             self._dir_lock.release()
             raise
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
-        if not deterministic:
-            self._maintenance = threading.Thread(target=self._maintain, daemon=True,
-                                                 name=f"stratakv-maintenance:{path}")
-            self._maintenance.start()
+        if isinstance(self.runtime, SimulatedRuntime):
+            self.runtime.step = self.step  # a simulated pause: tick, then let replicas apply
+        # Simulated, there is no maintenance thread: the log is truncated on demand only.
+        self._maintenance = self.runtime.spawn(self._maintain, f"stratakv-maintenance:{path}")
 
     @classmethod
     def open(cls, path: str, nodes: int | None = None, **kwargs: Any) -> Cluster:
@@ -196,7 +190,7 @@ class Cluster:
 
     @property
     def deterministic(self) -> bool:
-        return self.consensus.deterministic
+        return self.runtime.deterministic
 
     def leader(self, timeout: float | None = None) -> Node:
         """The ready leader, waiting up to ``timeout`` for one; Unavailable if none appears."""
@@ -205,7 +199,7 @@ class Cluster:
             return self.nodes[lid]
         if self._closed:
             raise ClosedError(f"cluster at {self.path} is closed")
-        clock = self.consensus.now
+        clock = self.runtime.now
         deadline = clock() + (self.timeout if timeout is None else timeout)
         while True:
             lid = self.consensus.leader_id
@@ -214,10 +208,7 @@ class Cluster:
             if clock() > deadline:
                 raise Unavailable(f"no leader within {self.timeout}s: "
                                   f"{self.alive_count()} of {len(self.nodes)} nodes are up")
-            if self.deterministic:
-                self.step()
-            else:
-                time.sleep(0.005)
+            self.runtime.pause(0.005)
 
     def alive_count(self) -> int:
         return sum(node.alive for node in self.nodes)
@@ -336,29 +327,20 @@ class Cluster:
 
     def wait_converged(self, timeout: float = 10.0) -> bool:
         """Wait until every running replica has applied the whole committed log."""
-        clock = self.consensus.now
+        clock = self.runtime.now
         deadline = clock() + timeout
         while True:
-            if self.deterministic:
-                self.step()
             lid = self.consensus.leader_id
-            if lid is None or not self.consensus.leader_ready(lid):
-                # Right after a (re)open the commit index is 0 until the new
-                # leader's no-op commits: "converged" would be vacuously true.
-                if clock() > deadline:
-                    return False
-                if not self.deterministic:
-                    time.sleep(0.01)
-                continue
-            target = self.consensus.commit_index
-            running = [n for n in self.nodes if n.alive]
-            if all(self.consensus.node_commit_index(n.id) >= target and n.applied >= target
-                   for n in running):
-                return True
+            # Right after a (re)open the commit index is 0 until the new leader's
+            # no-op commits: "converged" would be vacuously true.
+            if lid is not None and self.consensus.leader_ready(lid):
+                target = self.consensus.commit_index
+                if all(self.consensus.node_commit_index(n.id) >= target and n.applied >= target
+                       for n in self.nodes if n.alive):
+                    return True
             if clock() > deadline:
                 return False
-            if not self.deterministic:
-                time.sleep(0.01)
+            self.runtime.pause(0.01)
 
     def store(self, **kwargs: Any) -> Any:
         """A KeyValueStore on this cluster (string keys and values)."""

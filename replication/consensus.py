@@ -22,7 +22,10 @@ but still record its index as applied.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from replication.runtime import Runtime
 
 __all__ = ["ConsensusModule", "LogEntry", "NodeConsensus", "Proposal"]
 
@@ -134,8 +137,8 @@ class NodeConsensus(Protocol):
     """
 
     @property
-    def deterministic(self) -> bool:
-        """True when the owner drives time by ticks (no applier thread is started)."""
+    def runtime(self) -> Runtime:
+        """The group's clock, waits, random ids and threads (replication.runtime)."""
         ...
 
     @property
@@ -149,14 +152,6 @@ class NodeConsensus(Protocol):
 
     def leader_ready(self, node: int) -> bool:
         """Does ``node`` lead and has it committed an entry of its own term?"""
-        ...
-
-    def now(self) -> float:
-        """Seconds on the group's clock (certifier ages)."""
-        ...
-
-    def random_id(self) -> bytes:
-        """16 fresh random bytes (transaction ids)."""
         ...
 
     def next_index(self, node: int) -> int: ...

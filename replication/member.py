@@ -19,13 +19,12 @@ Thread-safety: as RaftConsensus (every method may be called from any thread).
 
 from __future__ import annotations
 
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
 from replication.consensus import LogEntry
 from replication.driver import RaftConsensus, RaftProposal
+from replication.runtime import RealRuntime
 
 __all__ = ["Member"]
 
@@ -33,7 +32,7 @@ __all__ = ["Member"]
 class Member:
     """Node ``consensus.id``'s view of its group, through its own RaftConsensus."""
 
-    deterministic = False
+    runtime = RealRuntime()
 
     def __init__(self, consensus: RaftConsensus,
                  on_crash: Callable[[], None] | None = None) -> None:
@@ -62,12 +61,6 @@ class Member:
     def leader_ready(self, node: int) -> bool:
         self._own(node)
         return self.consensus.leader_ready()
-
-    def now(self) -> float:
-        return time.monotonic()
-
-    def random_id(self) -> bytes:
-        return random.randbytes(16)
 
     def next_index(self, node: int) -> int:
         self._own(node)

@@ -77,6 +77,7 @@ class Node:
         self._tm_lock = threading.Lock()
         self._tm: LeaderTransactions | None = None
         self._thread: threading.Thread | None = None
+        self._applies_inline = False
         self._stopping = False
         self.engine: engine.Engine | None = None
         self.failed: BaseException | None = None
@@ -94,15 +95,16 @@ class Node:
         return self.engine is not None and self.failed is None
 
     def start(self) -> None:
-        """Open the engine and, unless the group is deterministic, start the applier."""
+        """Open the engine and start the applier (a thread, if the runtime has threads)."""
         self._fs.mkdirs(self.path)
         self.engine = engine.Engine(self.engine_dir(), self._options, self._fs)
         self.failed = None
         self._stopping = False
-        if not self._consensus.deterministic:
-            self._thread = threading.Thread(target=self._apply_loop, daemon=True,
-                                            name=f"stratakv-applier-{self.id}")
-            self._thread.start()
+        # Simulated, there is no thread: whoever steps the group applies (catch_up),
+        # and so does wait_applied.
+        self._thread = self._consensus.runtime.spawn(self._apply_loop,
+                                                     f"stratakv-applier-{self.id}")
+        self._applies_inline = self._thread is None
 
     def stop(self, *, crash: bool = False) -> None:
         """Stop applying and close the engine -- or with ``crash``, drop it unflushed."""
@@ -197,7 +199,7 @@ class Node:
 
     def wait_applied(self, index: int, timeout: float) -> bool:
         """Wait until this node's engine has applied ``index``."""
-        if self._consensus.deterministic:
+        if self._applies_inline:  # no applier thread (simulated runtime): apply here
             while self.applied < index and self.catch_up():
                 pass
             return self.applied >= index
@@ -446,7 +448,7 @@ class LeaderTransactions:
         """The certifier's state sizes after settling what can be settled (for tests, stats)."""
         with self._lock:
             self._settle_orphans()
-            self._certifier.expire(self._consensus.now())
+            self._certifier.expire(self._consensus.runtime.now())
             return {**self._certifier.tracked(), "unsettled_writes": self._unsettled}
 
     # -- beginning ---------------------------------------------------------------------
@@ -466,7 +468,7 @@ class LeaderTransactions:
         index = self._consensus.read_index(node.id, timeout)
         if not node.wait_applied(index, max(0.0, deadline - time.monotonic())):
             raise Unavailable(f"node {node.id} did not apply index {index} in time")
-        now = self._consensus.now()
+        now = self._consensus.runtime.now()
         with self._lock:
             self._check()
             # Settle orphans *before* the snapshot: one settled as committed after it
@@ -489,7 +491,7 @@ class LeaderTransactions:
 
     def read(self, state: TxnState, key: bytes) -> bytes | None:
         with self._lock:
-            self._certifier.on_read(state, key, self._consensus.now())
+            self._certifier.on_read(state, key, self._consensus.runtime.now())
             snap = self._snapshots[state.txn_id]
         try:
             return snap.get(key)
@@ -499,7 +501,7 @@ class LeaderTransactions:
     def scan(self, state: TxnState, lo: bytes | None, hi: bytes | None, reverse: bool
              ) -> Iterator[tuple[bytes, bytes]]:
         with self._lock:
-            self._certifier.on_scan(state, lo, hi, self._consensus.now())
+            self._certifier.on_scan(state, lo, hi, self._consensus.runtime.now())
             snap = self._snapshots[state.txn_id]
         try:
             return _down_is_not_leader(snap.scan(lo, hi, reverse=reverse), self._node.id)
@@ -523,11 +525,11 @@ class LeaderTransactions:
         try:
             if not ops:
                 with self._lock:
-                    self._certifier.commit_empty(state, self._consensus.now())
+                    self._certifier.commit_empty(state, self._consensus.runtime.now())
                 return None
 
             def certify(seq: int) -> _Inflight:
-                self._certifier.certify(state, ops, seq, self._consensus.now())
+                self._certifier.certify(state, ops, seq, self._consensus.runtime.now())
                 return _Inflight(seq, txn=state)
 
             return self._propose(ops, certify, timeout, session)
@@ -546,7 +548,7 @@ class LeaderTransactions:
         client's request this is; a retried request applies only once.
         """
         def record(seq: int) -> _Inflight:
-            return _Inflight(seq, blind=self._blind.submit(seq, ops, self._consensus.now()))
+            return _Inflight(seq, blind=self._blind.submit(seq, ops, self._consensus.runtime.now()))
 
         return self._propose(ops, record, self._node.timeout if timeout is None else timeout,
                              session)
@@ -554,7 +556,7 @@ class LeaderTransactions:
     def _propose(self, ops: Ops, certify: Callable[[int], _Inflight], timeout: float,
                  session: Session | None = None) -> int:
         """Certify and submit in one critical section; wait outside; settle the certifier."""
-        txn_id = self._consensus.random_id()
+        txn_id = self._consensus.runtime.random_id()
         payload = encode_command(txn_id, ops, session)
         batch = engine.WriteBatch(self.options)
         batch.ops.update(ops)  # already checked by the transaction or the store

@@ -12,7 +12,7 @@ node that leads in the highest term) and injects faults -- ``crash``
 node (``forget``, ``reseed``). The consensus contract suite in
 ``tests/test_replication.py`` runs against it.
 
-Timing: ``election_delay`` seconds is the election timeout, 10 ticks; the
+Timing: ``election_timeout_ms`` is the election timeout, 10 ticks; the
 leader heartbeats every 2 ticks. A follower campaigns after a randomised
 1-2 election timeouts without a leader (pre-vote first); a leader that has
 not heard from a quorum for one election timeout steps down (check-quorum).
@@ -40,6 +40,7 @@ from replication.driver import RaftConsensus, RaftProposal
 from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, Unavailable
 from replication.log_store import NodeLog
 from replication.raft.node import RaftConfig
+from replication.runtime import RealRuntime, SimulatedRuntime
 from replication.transport.memory import MemoryNetwork
 
 __all__ = ["RaftGroup"]
@@ -51,13 +52,13 @@ HEARTBEAT_TICKS = 2
 _MAX_DETERMINISTIC_TICKS = 400
 
 
-class _DeterministicProposal:
-    """A proposal whose wait ticks the group (deterministic mode)."""
+class _SteppedProposal:
+    """A proposal of a simulated group: waiting for it steps the simulation."""
 
-    __slots__ = ("_group", "_inner")
+    __slots__ = ("_inner", "_runtime")
 
-    def __init__(self, group: RaftGroup, inner: RaftProposal) -> None:
-        self._group = group
+    def __init__(self, runtime: SimulatedRuntime, inner: RaftProposal) -> None:
+        self._runtime = runtime
         self._inner = inner
 
     @property
@@ -69,20 +70,24 @@ class _DeterministicProposal:
         return self._inner.outcome
 
     def wait(self, timeout: float | None = None) -> bool:
-        for _ in range(_MAX_DETERMINISTIC_TICKS):
-            if self._inner.outcome is not None:
-                return self._inner.outcome
-            self._group.tick()
+        """Step until decided, at most _MAX_DETERMINISTIC_TICKS ticks (``timeout`` is ignored:
+        simulated time is not the caller's)."""
+        inner = self._inner
+        limit = _MAX_DETERMINISTIC_TICKS * self._runtime.tick_s
+        if self._runtime.wait(lambda _: inner.outcome is not None, limit):
+            assert inner.outcome is not None
+            return inner.outcome
         raise AmbiguousCommit(f"entry {self.index}: outcome unknown after "
-                              f"{_MAX_DETERMINISTIC_TICKS} ticks", index=self._inner.index,
-                              term=self._inner.term)
+                              f"{_MAX_DETERMINISTIC_TICKS} ticks", index=inner.index,
+                              term=inner.term)
 
 
 class RaftGroup:
     """A replicated log over ``nodes`` Raft nodes in one process, with fault injection."""
 
     def __init__(self, path: str, nodes: int = 3, *, fs: FileSystem | None = None,
-                 election_delay: float = 0.15, latency: float = 0.0, seed: int | None = None,
+                 election_timeout_ms: float = 150.0, link_latency_ms: float = 0.0,
+                 seed: int | None = None,
                  deterministic: bool = False,
                  damaged: dict[int, CorruptionError] | None = None) -> None:
         """Open (or create) the group's logs under ``path``.
@@ -94,21 +99,25 @@ class RaftGroup:
         """
         if nodes < 1:
             raise InvalidArgument(f"nodes must be >= 1, got {nodes}")
-        if election_delay <= 0 or latency < 0:
-            raise InvalidArgument("election_delay must be > 0 and latency >= 0")
+        if not election_timeout_ms > 0 or not link_latency_ms >= 0:
+            raise InvalidArgument("election_timeout_ms must be > 0 and link_latency_ms >= 0")
         self.path = path
         self.nodes = nodes
         self.quorum = nodes // 2 + 1
-        self.deterministic = deterministic
-        self.election_delay = election_delay
-        self.tick_s = election_delay / ELECTION_TIMEOUT_TICKS
-        self.propose_timeout_s = 10 * election_delay
+        self.election_timeout_ms = election_timeout_ms
+        self.tick_s = election_timeout_ms / 1000 / ELECTION_TIMEOUT_TICKS
+        self.propose_timeout_s = 10 * election_timeout_ms / 1000
         self._fs = fs or OSFileSystem()
         self._rng = random.Random(seed)
+        # Deterministic: simulated time, the group's seeded RNG for ids, no threads.
+        self.runtime: RealRuntime | SimulatedRuntime = (
+            SimulatedRuntime(self.tick_s, self._rng) if deterministic else RealRuntime())
+        if isinstance(self.runtime, SimulatedRuntime):
+            self.runtime.step = self.tick
         self._config = RaftConfig(election_timeout_ticks=ELECTION_TIMEOUT_TICKS,
                                   heartbeat_ticks=HEARTBEAT_TICKS)
         self.network = MemoryNetwork(nodes, rng=random.Random(self._rng.random()),
-                                     latency_s=latency)
+                                     latency_s=link_latency_ms / 1000)
         self._lock = threading.Lock()  # _nodes
         # Proposals are the group's, as a client with a request id would track them:
         # decided by whichever node learns what committed at their index, so a
@@ -116,7 +125,6 @@ class RaftGroup:
         # leaf lock (taken under a node's lock by its on_commit callback).
         self._plock = threading.Lock()
         self._proposals: SortedDict[tuple[int, int], RaftProposal] = SortedDict()
-        self._ticks = 0
         self.elections = 0
         self.before_tick: Callable[[], None] | None = None
         self._closed = False
@@ -290,17 +298,9 @@ class RaftGroup:
         n = self._up(node)
         return n is not None and n.leader_ready()
 
-    def now(self) -> float:
-        """Seconds, or in deterministic mode ticks x the tick length."""
-        if self.deterministic:
-            return self._ticks * self.tick_s
-        return time.monotonic()
-
-    def random_id(self) -> bytes:
-        """16 random bytes (an id, not a secret); seeded in deterministic mode."""
-        if self.deterministic:
-            return self._rng.randbytes(16)
-        return random.randbytes(16)
+    @property
+    def deterministic(self) -> bool:
+        return self.runtime.deterministic
 
     # -- the consensus interface ------------------------------------------------------------
 
@@ -335,7 +335,7 @@ class RaftGroup:
 
     def submit(self, transaction: bytes, *, node: int | None = None,
                expect_index: int | None = None, expect_term: int | None = None,
-               attachment: object = None) -> RaftProposal | _DeterministicProposal:
+               attachment: object = None) -> RaftProposal | _SteppedProposal:
         """Append through ``node`` (default: the leader) without waiting.
 
         ``attachment`` is accepted for the interface and not kept: every
@@ -358,8 +358,8 @@ class RaftGroup:
                 if held is not None:
                     self._proposals.pop((index, term)).decide(held == term)
                     break
-        if self.deterministic:  # the entry leaves the leader at the next tick
-            return _DeterministicProposal(self, p)
+        if isinstance(self.runtime, SimulatedRuntime):  # it leaves the leader at the next tick
+            return _SteppedProposal(self.runtime, p)
         return p
 
     def entries_after(self, index: int, limit: int = 1000, *, node: int | None = None
@@ -369,14 +369,13 @@ class RaftGroup:
         return [] if n is None else n.entries_after(index, limit)
 
     def wait_committed(self, index: int, timeout: float, *, node: int | None = None) -> bool:
-        if self.deterministic:
-            n = self._node_or_leader(node)
-            return n is not None and n.committed >= index
+        """Wait until ``node`` (default: whichever leads, as that changes) knows ``index``
+        committed; simulated, without stepping (the caller drives time)."""
         deadline = time.monotonic() + timeout
         while True:
             n = self._node_or_leader(node)
             left = deadline - time.monotonic()
-            if n is not None and n.wait_committed(index, min(left, 0.05)):
+            if n is not None and n.wait_committed(index, max(0.0, min(left, 0.05))):
                 return True
             if left <= 0 or self._closed:
                 return False
@@ -385,9 +384,10 @@ class RaftGroup:
 
     def read_index(self, node: int, timeout: float) -> int:
         n = self._node(node)
-        if not self.deterministic:
-            return n.read_index(timeout)
-        return n.read_index(min(timeout, _MAX_DETERMINISTIC_TICKS * self.tick_s), step=self.tick)
+        if isinstance(self.runtime, SimulatedRuntime):  # the driver steps the group to wait
+            return n.read_index(min(timeout, _MAX_DETERMINISTIC_TICKS * self.tick_s),
+                                step=self.tick)
+        return n.read_index(timeout)
 
     def truncate_prefix(self, index: int) -> None:
         """Compact every running node's log up to ``index`` (at most what it knows committed)."""
@@ -496,7 +496,8 @@ class RaftGroup:
         """
         if self.before_tick is not None:
             self.before_tick()
-        self._ticks += 1
+        if isinstance(self.runtime, SimulatedRuntime):
+            self.runtime.advance()
         for n in self._running():
             n.tick()
         self._settle()

@@ -52,12 +52,13 @@ import engine
 from engine.errors import ClosedError, InvalidArgument, TransactionClosed
 from engine.fs import FileSystem, OSFileSystem, atomic_write
 from engine.txn import Transaction
-from replication.cluster import DEFAULT_ENGINE_OPTIONS, VALID_SIZES
+from replication.cluster import VALID_SIZES
 from replication.command import Session
 from replication.driver import RaftConsensus
 from replication.errors import NotLeader, Unavailable
 from replication.member import Member
 from replication.node import Node
+from replication.options import DEFAULT_ENGINE_OPTIONS
 from replication.protocol import decode_value, encode_value, error_result
 from replication.raft.node import RaftConfig, Role
 from replication.sessions import INTERNAL_PREFIX, session_key, session_record

@@ -84,8 +84,8 @@ class Simulation:
         self.rng = random.Random(seed)
         self.fs = engine.MemFS()
         self.cluster = Cluster.open("/sim", nodes, fs=self.fs, deterministic=True, seed=seed,
-                                    timeout=1.0, election_delay=0.15,
-                                    engine_options={"memtable_bytes": 64 * 1024,
+                                    request_timeout_s=1.0, election_timeout_ms=150,
+                                    engine={"memtable_bytes": 64 * 1024,
                                                     **(engine_options or {})})
         self.store = KeyValueStore(self.cluster)
         self.watch = Watch()

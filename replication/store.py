@@ -132,7 +132,8 @@ class KeyValueStore:
         ``left()`` is the time the operation has left: each wait inside the
         node asks it anew, so all of them together stay within the timeout.
         """
-        clock = self.cluster.consensus.now
+        runtime = self.cluster.runtime
+        clock = runtime.now
         deadline = clock() + self.timeout
 
         def left() -> float:
@@ -148,10 +149,7 @@ class KeyValueStore:
                         raise
                     raise Unavailable(f"no leader could serve the request within "
                                       f"{self.timeout}s: {exc}") from exc
-                if self.cluster.deterministic:
-                    self.cluster.step()
-                else:
-                    time.sleep(min(random.uniform(0, delay), max(0.0, deadline - clock())))
+                runtime.pause(min(random.uniform(0, delay), max(0.0, deadline - clock())))
                 delay = min(delay * 2, 0.05)
 
     def _batch(self) -> engine.WriteBatch:
@@ -247,17 +245,11 @@ class KeyValueStore:
         ``max_retries`` the last error is raised. AmbiguousCommit is never
         retried. A deterministic cluster waits by stepping its simulation.
         """
-        def sleep(seconds: float) -> None:
-            if self.cluster.deterministic:
-                self.cluster.step()
-            else:
-                time.sleep(seconds)
-
         return run_with_retries(lambda: self.transaction(read_only=read_only), fn,
                                 max_retries=max_retries, backoff_base_s=backoff_base,
                                 backoff_max_s=backoff_max,
                                 retryable=(SerializationFailure, NotLeader, Unavailable),
-                                sleep=sleep)
+                                sleep=self.cluster.runtime.pause)
 
     def outcome(self, ambiguous: AmbiguousCommit, timeout: float | None = None) -> bool:
         """Resolve an AmbiguousCommit: True if that write committed (whole), False if never.
@@ -270,23 +262,27 @@ class KeyValueStore:
         """
         c = self.cluster.consensus
         wait = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + wait
-        while True:
-            if c.commit_index >= ambiguous.index:
-                term = c.term_at(ambiguous.index)
-                if term is not None:
-                    return term == ambiguous.term
-                if c.first_index > ambiguous.index:
-                    raise Unavailable(f"entry {ambiguous.index} was truncated from the log: "
-                                      f"its outcome can no longer be told")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Unavailable(f"the log was not committed at {ambiguous.index} within "
-                                  f"{wait}s")
-            if self.cluster.deterministic:
-                self.cluster.step()
-            else:
-                c.wait_committed(ambiguous.index, min(left, 0.05))
+        index = ambiguous.index
+
+        def known(seconds: float) -> bool:
+            """Is the entry at ``index`` committed and its term known (or truncated)?"""
+            end = time.monotonic() + seconds
+            while True:
+                if c.commit_index >= index and (c.term_at(index) is not None
+                                                or c.first_index > index):
+                    return True
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                c.wait_committed(index, min(left, 0.05))
+
+        if not self.cluster.runtime.wait(known, wait):
+            raise Unavailable(f"the log was not committed at {index} within {wait}s")
+        term = c.term_at(index)
+        if term is None:
+            raise Unavailable(f"entry {index} was truncated from the log: its outcome can no "
+                              f"longer be told")
+        return term == ambiguous.term
 
     def snapshot_read(self, key: str, *, node: int | None = None) -> str | None:
         """Read ``key`` from replica ``node``'s applied state, without coordination.

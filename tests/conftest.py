@@ -47,7 +47,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     made: list[Cluster] = []
 
     def make(name: str = "cluster", nodes: int = 3, **kwargs: Any) -> Cluster:
-        kwargs.setdefault("election_delay", 0.05)
+        kwargs.setdefault("election_timeout_ms", 50)
         cluster = Cluster.open(str(tmp_path / name), nodes, **kwargs)
         made.append(cluster)
         return cluster

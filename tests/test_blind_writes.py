@@ -85,7 +85,7 @@ def test_a_pending_range_deletion_is_recorded_as_a_range() -> None:
 
 
 def test_commit_empty_commits_a_transaction_without_writes_or_fails_it() -> None:
-    c = Certifier(max_txn_age=1.0)
+    c = Certifier(max_txn_age_s=1.0)
     t = c.begin(0, NOW, read_only=True)
     c.on_read(t, b"k", NOW)
     c.commit_empty(t, NOW)

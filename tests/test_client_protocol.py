@@ -137,7 +137,7 @@ def test_a_retried_session_request_applies_once() -> None:
 def test_a_retried_write_applies_once_on_every_replica(tmp_path: Path) -> None:
     """The state machine rule end to end in an embedded cluster: the same session request
     written twice, another write between, leaves the other write in place everywhere."""
-    with Cluster.open(str(tmp_path / "c"), 3, election_delay=0.05) as cluster:
+    with Cluster.open(str(tmp_path / "c"), 3, election_timeout_ms=50) as cluster:
         leader = cluster.leader(5.0)
         tm = leader.transactions(5.0)
         s = Session(b"s" * 16, 1)

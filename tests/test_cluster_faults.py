@@ -300,7 +300,7 @@ def test_crashing_a_busy_leader_does_not_wait_out_request_timeouts(
     it separates "waited for a timeout" from "did not", and is no speed claim.
     """
     timeout = 20.0
-    cluster = make_cluster(timeout=timeout)
+    cluster = make_cluster(request_timeout_s=timeout)
     store = cluster.store(timeout=3 * timeout)
     with Workload(store, seed=42) as load:
         load.wait_acks(50, "before the first crash")
@@ -332,7 +332,7 @@ def test_ambiguous_commit_does_not_hide_pending_writes_from_later_transactions(
     # Election timeout 3 s: a 0.6 s link delay slows commits past the impatient
     # store's 0.5 s, but heartbeats still come back in time (no check-quorum
     # step-down), so T1's leader never fails.
-    cluster = make_cluster(timeout=1.0, election_delay=3.0)
+    cluster = make_cluster(request_timeout_s=1.0, election_timeout_ms=3000)
     store = cluster.store(timeout=10.0)
     impatient = cluster.store(timeout=0.5)
     store.put("k", "0")
@@ -376,7 +376,7 @@ def test_more_than_f_down_is_unavailable_then_recovers(make_cluster: Callable[..
     """
     rng = random.Random(fixed_seed(200 + nodes))
     f = (nodes - 1) // 2
-    cluster = make_cluster(nodes=nodes, timeout=0.5)
+    cluster = make_cluster(nodes=nodes, request_timeout_s=0.5)
     store = cluster.store(timeout=0.5)
     store.put("before", "1")
     leader = cluster.leader().id
@@ -438,7 +438,7 @@ def test_whole_cluster_restart_keeps_every_acknowledged_write(tmp_path: Path,
                                                               nodes: int) -> None:
     """Closing the store and reopening the path, twice, keeps every acknowledged write."""
     path = str(tmp_path / "cluster")
-    options: dict[str, Any] = {"election_delay": 0.05, "timeout": 5.0}
+    options: dict[str, Any] = {"election_timeout_ms": 50, "request_timeout_s": 5.0}
     merged = Workload(None, threads=0)  # outcomes of every generation
     for generation in range(2):
         store = replication.open(path, nodes=nodes, **options)
@@ -468,7 +468,7 @@ def test_closing_under_load_returns_and_keeps_acknowledged_writes(tmp_path: Path
     """
     path = str(tmp_path / "cluster")
     timeout = 6.0
-    options: dict[str, Any] = {"election_delay": 0.05, "timeout": timeout}
+    options: dict[str, Any] = {"election_timeout_ms": 50, "request_timeout_s": timeout}
     store = replication.open(path, nodes=3, **options)
     closed = threading.Event()
     closer = threading.Thread(target=lambda: (store.close(), closed.set()), daemon=True)
@@ -571,7 +571,7 @@ def test_power_failure_keeps_acknowledged_writes_through_the_log(nodes: int) -> 
     """
     fs = MemFS()
     path = "/cluster"
-    cluster = Cluster.open(path, nodes, fs=fs, election_delay=0.05)
+    cluster = Cluster.open(path, nodes, fs=fs, election_timeout_ms=50)
     try:
         store = cluster.store(timeout=LIVENESS_S)
         with Workload(store, seed=nodes) as load:
@@ -601,7 +601,7 @@ def test_power_failure_keeps_acknowledged_writes_through_the_log(nodes: int) -> 
         "precondition: the replicas' engines alone kept every acknowledged write, so this "
         "test would not show that durability comes from the log")
 
-    cluster = Cluster.open(path, nodes, fs=clone, election_delay=0.05)
+    cluster = Cluster.open(path, nodes, fs=clone, election_timeout_ms=50)
     try:
         state = converged_state(cluster)
         lost = {k: v for k, v in survivors.items() if state.get(k) != v}

@@ -602,7 +602,7 @@ def test_no_acknowledged_write_lost_after_crashes_and_full_restart(tmp_path: Pat
     """Unique-key puts acknowledged during crashes all survive a restart of the whole cluster."""
     seed = fixed_seed(6000)
     path = str(tmp_path / "cluster")
-    cluster = Cluster.open(path, 5, election_delay=0.05)
+    cluster = Cluster.open(path, 5, election_timeout_ms=50)
     acked: dict[str, str] = {}
     unknown: dict[str, str] = {}
     attempted: set[str] = set()
@@ -642,7 +642,7 @@ def test_no_acknowledged_write_lost_after_crashes_and_full_restart(tmp_path: Pat
     event(f"{len(acked)} puts acknowledged, {len(unknown)} ambiguous; restarting the cluster")
     assert len(acked) >= 300
 
-    cluster = Cluster.open(path, 5, election_delay=0.05)
+    cluster = Cluster.open(path, 5, election_timeout_ms=50)
     try:
         cluster.leader(LIVENESS_S)
         assert cluster.wait_converged(LIVENESS_S)

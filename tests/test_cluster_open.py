@@ -3,6 +3,7 @@ directory, every write checked before it reaches the log, clear errors for bad n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ import pytest
 
 import engine
 import replication
-from replication import Cluster
+from engine.errors import InvalidArgument
+from replication import Cluster, ClusterOptions
 
 ROOT = Path(__file__).resolve().parent.parent
 RACE_SECONDS = 6.0
@@ -39,7 +41,7 @@ _WRITER = textwrap.dedent("""
     import sys, threading, time
     import replication
     path, seconds = sys.argv[1], float(sys.argv[2])
-    store = replication.open(path, nodes=3, election_delay=0.05)
+    store = replication.open(path, nodes=3, election_timeout_ms=50)
     print("ready", flush=True)
     out = threading.Lock()
     deadline = time.monotonic() + seconds
@@ -111,7 +113,7 @@ def test_a_second_process_cannot_open_or_damage_a_live_cluster(tmp_path: Path) -
     assert w_out.rstrip().endswith("closed"), w_err
     acked = [line.split()[1] for line in w_out.splitlines() if line.startswith("ack ")]
     assert len(acked) > 100
-    with replication.open(path, nodes=3, election_delay=0.05) as store:
+    with replication.open(path, nodes=3, election_timeout_ms=50) as store:
         for key in acked:
             assert store.get(key) == (key * 400)[:3000], key
 
@@ -119,7 +121,7 @@ def test_a_second_process_cannot_open_or_damage_a_live_cluster(tmp_path: Path) -
 def test_a_second_open_in_the_same_process_is_refused_and_touches_nothing(
         tmp_path: Path) -> None:
     path = str(tmp_path / "c")
-    with replication.open(path, nodes=3, election_delay=0.05) as store:
+    with replication.open(path, nodes=3, election_timeout_ms=50) as store:
         store.put("k", "v")
         before = listing(path)
         with pytest.raises(engine.LockedError, match="LOCK"):
@@ -128,7 +130,7 @@ def test_a_second_open_in_the_same_process_is_refused_and_touches_nothing(
             Cluster.open(path)
         assert listing(path) == before
         assert store.get("k") == "v"
-    with replication.open(path, election_delay=0.05) as store:  # released on close
+    with replication.open(path, election_timeout_ms=50) as store:  # released on close
         assert store.get("k") == "v"
 
 
@@ -137,7 +139,7 @@ def test_a_second_open_in_the_same_process_is_refused_and_touches_nothing(
 
 def test_engine_open_refuses_a_cluster_directory(tmp_path: Path) -> None:
     path = str(tmp_path / "c")
-    replication.open(path, nodes=3, election_delay=0.05).close()
+    replication.open(path, nodes=3, election_timeout_ms=50).close()
     before = listing(path)
     with pytest.raises(engine.InvalidArgument, match="replicated cluster"):
         engine.open(path)
@@ -158,9 +160,9 @@ def test_replication_open_refuses_an_engine_directory(tmp_path: Path) -> None:
 
 def test_reopening_reads_the_size_from_the_directory(tmp_path: Path) -> None:
     path = str(tmp_path / "c")
-    with replication.open(path, nodes=5, election_delay=0.05) as store:
+    with replication.open(path, nodes=5, election_timeout_ms=50) as store:
         store.put("k", "v")
-    with replication.open(path, election_delay=0.05) as store:
+    with replication.open(path, election_timeout_ms=50) as store:
         assert len(store.cluster.nodes) == 5
         assert store.get("k") == "v"
     with pytest.raises(engine.InvalidArgument, match="5 nodes, not 3"):
@@ -170,7 +172,7 @@ def test_reopening_reads_the_size_from_the_directory(tmp_path: Path) -> None:
 def test_a_misspelled_engine_option_fails_before_any_file_is_written(tmp_path: Path) -> None:
     path = str(tmp_path / "c")
     with pytest.raises(TypeError, match="memtable_byte"):
-        Cluster.open(path, 3, engine_options={"memtable_byte": 1 << 20})
+        Cluster.open(path, 3, engine={"memtable_byte": 1 << 20})
     assert not os.path.exists(path)
 
 
@@ -181,7 +183,7 @@ def test_replicated_writes_are_checked_before_anything_is_proposed(
         make_cluster: Callable[..., Cluster]) -> None:
     """Oversized keys, values and transactions, and wrong types, fail with a clear error
     and nothing reaches the log (an oversized key was once committed, then unreadable)."""
-    cluster = make_cluster(engine_options={"max_batch_bytes": 1 << 20})
+    cluster = make_cluster(engine={"max_batch_bytes": 1 << 20})
     store = cluster.store()
     store.put("ok", "1")
     assert cluster.wait_converged(30.0)
@@ -251,3 +253,26 @@ def test_sim_refuses_a_bad_step_count() -> None:
     with pytest.raises(engine.InvalidArgument):
         from replication.sim import run
         run(1, 0)
+
+
+def test_settings_are_checked_before_any_file_is_written(tmp_path: Path) -> None:
+    """ClusterOptions: units in the names, a misspelled or out-of-range setting fails first,
+    and the old names still work (deprecated)."""
+    path = tmp_path / "c"
+    for bad, match in (({"election_timeout": 100}, "unknown cluster setting 'election_timeout'"),
+                       ({"election_timeout_ms": 0}, "election_timeout_ms must be > 0"),
+                       ({"request_timeout_s": -1}, "request_timeout_s"),
+                       ({"engine": {"memtable_bytez": 1}}, "memtable_bytez")):
+        with pytest.raises((InvalidArgument, TypeError), match=match):
+            Cluster.open(str(path), 3, **bad)
+        assert not path.exists(), f"{bad} touched the directory"
+    opts = ClusterOptions(election_timeout_ms=80, request_timeout_s=3.0)
+    with pytest.warns(DeprecationWarning) as caught:
+        legacy = ClusterOptions.from_settings(election_delay=0.08, timeout=3.0)
+    assert legacy == opts
+    assert ["election_delay" in str(w.message) for w in caught] == [True, False]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.request_timeout_s = 1.0  # type: ignore[misc]
+    with Cluster.open(str(path), 3, options=opts, seed=5) as cluster:
+        assert cluster.options.seed == 5 and cluster.timeout == 3.0
+        assert cluster.consensus.election_timeout_ms == 80

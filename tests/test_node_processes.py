@@ -306,17 +306,31 @@ def test_retries_across_leader_kills_apply_each_increment_once(tmp_path: Path) -
 
 def test_a_follower_behind_the_compacted_log_gets_a_snapshot_over_the_network(
         tmp_path: Path) -> None:
+    """The follower is SIGKILLed mid-download once and resumes where it broke off."""
     extra = ("--max-log-entries", "200", "--log-keep-entries", "20",
-             "--snapshot-chunk-bytes", "4096")
+             "--snapshot-chunk-bytes", "1024")
+    rng = random.Random(5)
+    values = {f"k{i:04d}": rng.randbytes(600).hex() for i in range(1500)}  # incompressible
     with proc_cluster(tmp_path, extra=extra) as pc:
         lead = pc.leader()
         behind = (lead + 1) % 3
+        log_path = tmp_path / f"node-{behind}.log"
         with pc.client() as store:
             store.put("before", "1")
             pc.wait_converged()
             pc.kill(behind)
-            for i in range(600):
-                store.put(f"k{i:04d}", "v" * 200)
+            items = sorted(values.items())
+
+            def load(part: int) -> None:
+                with pc.client() as s:
+                    for k, v in items[part::8]:
+                        s.put(k, v)
+
+            loaders = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+            for t in loaders:
+                t.start()
+            for t in loaders:
+                t.join(3 * LIVENESS_S)
             deadline = time.monotonic() + LIVENESS_S
             while True:  # the leader compacts past the follower's last entry
                 st = pc.status(pc.leader())
@@ -325,6 +339,13 @@ def test_a_follower_behind_the_compacted_log_gets_a_snapshot_over_the_network(
                 assert time.monotonic() < deadline, f"the log was never compacted: {st}"
                 time.sleep(0.2)
             pc.restart(behind)
+            deadline = time.monotonic() + LIVENESS_S
+            while "fetching snapshot" not in log_path.read_text():
+                assert time.monotonic() < deadline, "the follower never fetched a snapshot"
+                time.sleep(0.005)
+            time.sleep(0.1)
+            pc.kill(behind)  # mid-transfer
+            pc.restart(behind)
             pc.wait_converged()
             st = pc.status(behind)
             assert st is not None and st["snapshots_installed"] >= 1, st
@@ -332,9 +353,8 @@ def test_a_follower_behind_the_compacted_log_gets_a_snapshot_over_the_network(
             pc.wait_converged()
     state = _stop_all(pc, 3)
     assert state[b"before"] == b"1" and state[b"after"] == b"2"
-    assert sum(1 for k in state if k.startswith(b"k")) == 600
-    log_text = (tmp_path / f"node-{behind}.log").read_text()
-    assert "fetching snapshot" in log_text
+    assert {k.decode(): v.decode() for k, v in state.items() if k.startswith(b"k")} == values
+    assert "resumed a download" in log_path.read_text(), "the second fetch started over"
 
 
 # -- hostile input and departed clients ----------------------------------------------------------

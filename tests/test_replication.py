@@ -79,7 +79,7 @@ def make_sim(tmp_path: Path, request: pytest.FixtureRequest
     impl = GROUPS[request.param]
 
     def make(name: str = "sim", nodes: int = 3, **kwargs: Any) -> RaftGroup:
-        kwargs.setdefault("election_delay", 0.05)
+        kwargs.setdefault("election_timeout_ms", 50)
         sim: RaftGroup = impl(str(tmp_path / name), nodes, **kwargs)
         made.append(sim)
         return sim
@@ -181,7 +181,7 @@ def test_acknowledged_entries_survive_power_failure(
             th.join(LIVENESS_S)
     sim.close()
 
-    reborn = type(sim)(sim.path, 3, fs=clone, election_delay=0.05)
+    reborn = type(sim)(sim.path, 3, fs=clone, election_timeout_ms=50)
     try:
         wait_leader(reborn)
         assert reborn.propose(b"after") is True
@@ -216,7 +216,7 @@ def test_no_commit_without_a_majority(make_sim: Callable[..., RaftGroup],
         assert outcome is not None, f"{payload!r} committed without a majority"
         if outcome:
             refused.append(payload)
-        time.sleep(5 * sim.election_delay)  # long enough for elections and rounds to happen
+        time.sleep(5 * sim.election_timeout_ms / 1000)  # time for elections and rounds to happen
     assert sim.commit_index == commit
     assert not any(p.startswith(b"lost") for p in sim.get_committed_transactions())
 
@@ -299,7 +299,7 @@ def test_inflight_proposals_of_a_crashed_leader_are_decided(
     the same log indexes before its no-op commits. The old proposals' fate is
     then known (another entry committed at their index) and must be reported.
     """
-    sim = make_sim(election_delay=0.5)
+    sim = make_sim(election_timeout_ms=500)
     old = wait_leader(sim)
     assert sim.propose(b"base")
     sim.set_latency(0.2)
@@ -337,7 +337,7 @@ def test_partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded(
     Deterministic mode makes the schedule exact: the entries submitted to the
     old leader are in its log only (no tick replicated them).
     """
-    sim = make_sim(nodes=5, deterministic=True, seed=7, election_delay=0.1)
+    sim = make_sim(nodes=5, deterministic=True, seed=7, election_timeout_ms=100)
     sim.tick()
     for _ in range(20):
         if sim.leader_id is not None:
@@ -380,7 +380,7 @@ def test_partitioned_leader_is_replaced_and_its_uncommitted_entries_discarded(
 def test_election_prefers_the_up_to_date_log(tmp_path: Path, seed: int) -> None:
     """A stale node never wins an election over one holding every committed entry."""
     sim = RaftGroup(str(tmp_path / "sim"), 3, deterministic=True, seed=seed,
-                    election_delay=0.1)
+                    election_timeout_ms=100)
     try:
         for _ in range(100):  # elections take 1-2 timeouts of 10 ticks
             if sim.leader_id is not None:
@@ -457,7 +457,7 @@ def test_follower_behind_truncated_prefix_gets_reset(
 
 def _deterministic_trace(path: str, seed: int) -> list[Any]:
     """Run a fixed script of calls and faults in deterministic mode; return what was observed."""
-    sim = RaftGroup(path, 5, deterministic=True, seed=seed, election_delay=0.1)
+    sim = RaftGroup(path, 5, deterministic=True, seed=seed, election_timeout_ms=100)
     trace: list[Any] = []
 
     def observe(label: str) -> None:
@@ -522,13 +522,13 @@ def test_cluster_size_must_be_3_5_or_7(tmp_path: Path, nodes: Any) -> None:
 def test_reopening_with_a_different_size_is_refused(tmp_path: Path) -> None:
     """A cluster directory remembers its N; reopening with another N fails and keeps the data."""
     path = str(tmp_path / "c")
-    with replication.open(path, nodes=3, election_delay=0.05) as store:
+    with replication.open(path, nodes=3, election_timeout_ms=50) as store:
         store.put("k", "v")
     for other in (5, 7):
         with pytest.raises(engine.InvalidArgument):
             replication.open(path, nodes=other)
     assert sorted(os.listdir(path)) == sorted(["CLUSTER", "LOCK", "node-0", "node-1", "node-2"])
-    with replication.open(path, nodes=3, election_delay=0.05) as store:
+    with replication.open(path, nodes=3, election_timeout_ms=50) as store:
         assert store.get("k") == "v"
         cluster = store.cluster
     assert cluster.consensus.closed  # the store owned its cluster and closed it
@@ -540,7 +540,8 @@ def test_use_after_close_raises_closed_error(tmp_path: Path) -> None:
     docs/ARCHITECTURE.md, failure semantics: use after close gets "a clear exception before
     anything is written" -- retrying can never help, so it must not say it could.
     """
-    store = replication.open(str(tmp_path / "c"), nodes=3, election_delay=0.05, timeout=1.0)
+    store = replication.open(str(tmp_path / "c"), nodes=3, election_timeout_ms=50,
+                             request_timeout_s=1.0)
     store.put("a", "1")
     store.close()
     operations: list[Callable[[], object]] = [

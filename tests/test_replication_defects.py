@@ -135,7 +135,7 @@ def test_truncation_under_load_keeps_the_cluster_reopenable(tmp_path: Path) -> N
     """The review's reproduction, bounded: big puts while another thread flushes every
     engine and truncates the log in a loop; then close, reopen, every acknowledged write."""
     path = str(tmp_path / "c")
-    cluster = Cluster.open(path, 3, election_delay=0.05)
+    cluster = Cluster.open(path, 3, election_timeout_ms=50)
     store = cluster.store()
     acked: dict[str, str] = {}
     lock = threading.Lock()
@@ -174,7 +174,7 @@ def test_truncation_under_load_keeps_the_cluster_reopenable(tmp_path: Path) -> N
     cluster.close()
     assert not errors, errors
     assert len(acked) > 50
-    with Cluster.open(path, 3, election_delay=0.05) as reopened:
+    with Cluster.open(path, 3, election_timeout_ms=50) as reopened:
         s = reopened.store()
         for key, value in acked.items():
             assert s.get(key) == value, key
@@ -219,7 +219,7 @@ def test_blind_put_racing_a_transaction_is_never_lost(
     lock, and the transaction overwrote a write it never saw (a lost update).
     """
     fs = MemFS()
-    cluster = Cluster.open(str(tmp_path / "c"), 3, fs=fs, election_delay=0.05)
+    cluster = Cluster.open(str(tmp_path / "c"), 3, fs=fs, election_timeout_ms=50)
     try:
         store = cluster.store()
         store.put("warmup", "1")
@@ -306,7 +306,7 @@ def test_certifier_frees_everything_once_no_transaction_is_active(
 
     def quiet() -> bool:
         with tm._lock:
-            certifier.expire(cluster.consensus.now())
+            certifier.expire(cluster.runtime.now())
             tracked = certifier.tracked()
         return tracked["active"] == 0 and not any(tracked.values())
 
@@ -326,7 +326,7 @@ def _flip_middle_byte(path: str) -> None:
 
 def _closed_cluster_with_data(path: str, n: int = 300) -> dict[str, str]:
     data = {f"k{i:04d}": "v" * 50 + str(i) for i in range(n)}
-    with Cluster.open(path, 3, election_delay=0.05) as cluster:
+    with Cluster.open(path, 3, election_timeout_ms=50) as cluster:
         store = cluster.store()
         for k, v in data.items():
             store.put(k, v)
@@ -343,7 +343,7 @@ def test_a_damaged_replica_log_leaves_the_cluster_openable_and_repairable(
     log_dir = os.path.join(path, "node-2", "log")
     (segment,) = [n for n in os.listdir(log_dir) if n.endswith(".rlog")]
     _flip_middle_byte(os.path.join(log_dir, segment))
-    with Cluster.open(path, 3, election_delay=0.05) as cluster:
+    with Cluster.open(path, 3, election_timeout_ms=50) as cluster:
         stats = cluster.stats()
         assert stats["nodes"][2]["state"] == "damaged"
         assert segment in stats["nodes"][2]["damage"]
@@ -362,7 +362,7 @@ def test_a_damaged_replica_log_leaves_the_cluster_openable_and_repairable(
         scans = [full_scan(n) for n in cluster.nodes]
         assert scans[0] == scans[1] == scans[2]
         assert scans[2][b"after"] == b"repair"
-    with Cluster.open(path, 3, election_delay=0.05) as cluster:  # and it stays repaired
+    with Cluster.open(path, 3, election_timeout_ms=50) as cluster:  # and it stays repaired
         assert all(n["state"] == "running" for n in cluster.stats()["nodes"])
         assert cluster.store().get("k0299") == data["k0299"]
 
@@ -382,15 +382,15 @@ def test_a_damaged_replica_engine_is_one_of_the_f_failures(tmp_path: Path) -> No
             f.write(b"\xde\xad\xbe\xef")
 
     damage(1)
-    with Cluster.open(path, 3, election_delay=0.05) as cluster:
+    with Cluster.open(path, 3, election_timeout_ms=50) as cluster:
         assert cluster.stats()["nodes"][1]["state"] == "damaged"
         assert cluster.store().get("k0010") == data["k0010"]
     damage(0)
     with pytest.raises(engine.CorruptionError):
-        Cluster.open(path, 3, election_delay=0.05)
+        Cluster.open(path, 3, election_timeout_ms=50)
     # A refused open released everything: the directory can be opened again (still refused).
     with pytest.raises(engine.CorruptionError):
-        Cluster.open(path, 3, election_delay=0.05)
+        Cluster.open(path, 3, election_timeout_ms=50)
 
 
 # -- smaller defects ----------------------------------------------------------------------------
@@ -421,7 +421,7 @@ def test_every_operation_is_bounded_by_the_store_timeout(
     """With replication slower than the store's timeout, put/get/begin/commit return or
     raise within the *store's* timeout, not the cluster's (waits inside a node once used
     the cluster's: a put with a 0.2 s store timeout took the cluster's 5 s)."""
-    cluster = make_cluster(timeout=5.0)
+    cluster = make_cluster(request_timeout_s=5.0)
     store = cluster.store(timeout=0.2)
     store.put("k", "v")
     tx = store.transaction()
@@ -500,7 +500,7 @@ def test_an_ambiguous_commit_can_be_resolved(make_cluster: Callable[..., Cluster
     """AmbiguousCommit carries index, term and transaction id; store.outcome() tells the fate."""
     # Election timeout 3 s: the 0.6 s link delay outlasts the 0.3 s store timeout but
     # not the leader's check-quorum window, so the write commits in the end.
-    cluster = make_cluster(timeout=1.0, election_delay=3.0)
+    cluster = make_cluster(request_timeout_s=1.0, election_timeout_ms=3000)
     store = cluster.store(timeout=10.0)
     impatient = cluster.store(timeout=0.3)
     store.put("k", "0")
@@ -522,7 +522,7 @@ def test_an_orphaned_put_settled_during_begin_is_never_lost(
     """A put whose client gave up (AmbiguousCommit) is applied while a transaction begins:
     settling it must not drop it from the writes the new snapshot cannot see."""
     fs = MemFS()
-    cluster = Cluster.open(str(tmp_path / "c"), 3, fs=fs, election_delay=0.05)
+    cluster = Cluster.open(str(tmp_path / "c"), 3, fs=fs, election_timeout_ms=50)
     try:
         store = cluster.store()
         store.put("warmup", "1")
@@ -561,7 +561,7 @@ def test_repair_withdraws_the_old_vote_before_it_checkpoints() -> None:
     shows such a commit being withheld; this one shows the group wires it up.)
     """
     fs = MemFS()
-    sim = RaftGroup("/c", 3, fs=fs, deterministic=True, seed=1, election_delay=0.05)
+    sim = RaftGroup("/c", 3, fs=fs, deterministic=True, seed=1, election_timeout_ms=50)
     try:
         while sim.leader_id is None or not sim.leader_ready(sim.leader_id):
             sim.tick()
@@ -586,7 +586,7 @@ def test_a_node_whose_applier_fails_leaves_the_group(
         make_cluster: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
     """A leader that cannot apply (a disk error) must not keep leading: the others elect a
     leader and serve; a restart brings the node back."""
-    cluster = make_cluster(timeout=2.0)
+    cluster = make_cluster(request_timeout_s=2.0)
     store = cluster.store()
     store.put("k", "v")
     leader = cluster.leader()
@@ -618,7 +618,7 @@ def test_repair_and_restart_never_leave_a_log_without_its_node(
     whose log runs; a repair that did not finish leaves the node damaged, on reopen too."""
     path = str(tmp_path / "c")
     _closed_cluster_with_data(path, 20)
-    cluster = Cluster.open(path, 3, election_delay=0.05)
+    cluster = Cluster.open(path, 3, election_timeout_ms=50)
     try:
         cluster.crash(1)
         real_start = cluster.nodes[1].start
@@ -648,7 +648,7 @@ def test_repair_and_restart_never_leave_a_log_without_its_node(
             cluster.restart(1)  # never an empty replica mistaken for a healthy one
     finally:
         cluster.close()
-    with Cluster.open(path, 3, election_delay=0.05) as reopened:
+    with Cluster.open(path, 3, election_timeout_ms=50) as reopened:
         assert reopened.stats()["nodes"][1]["state"] == "damaged"
         reopened.repair(1)
         assert reopened.wait_converged(LIVENESS_S)
@@ -662,7 +662,7 @@ def test_a_follower_whose_log_rewrite_fails_leaves_the_group() -> None:
     import errno
 
     fs = MemFS()
-    cluster = Cluster.open("/c", 3, fs=fs, election_delay=0.05)
+    cluster = Cluster.open("/c", 3, fs=fs, election_timeout_ms=50)
     try:
         store = cluster.store()
         for i in range(50):
@@ -695,7 +695,7 @@ def test_a_new_leaders_catch_up_counts_against_the_store_timeout(
         make_cluster: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
     """The catch-up wait of a new leader and the write after it share one deadline (each
     once got the whole timeout: a put with a 0.5 s timeout took 0.86 s)."""
-    cluster = make_cluster(timeout=5.0)
+    cluster = make_cluster(request_timeout_s=5.0)
     store = cluster.store(timeout=0.5)
     store.put("k", "v")
     for n in cluster.nodes:  # every replica applies slowly (a slow disk, a big batch)

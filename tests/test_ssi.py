@@ -612,7 +612,7 @@ def test_committed_state_freed_once_no_overlapping_transaction_is_active() -> No
 
 def test_expire_fails_old_transactions_and_frees_state() -> None:
     """expire() fails transactions older than max_txn_age with too_old; younger ones live."""
-    c = Certifier(max_txn_age=10.0)
+    c = Certifier(max_txn_age_s=10.0)
     old = c.begin(0, 0.0)
     c.on_read(old, b"a", 0.0)
     young = c.begin(0, 5.0)
@@ -630,7 +630,7 @@ def test_expire_fails_old_transactions_and_frees_state() -> None:
 
 def test_operation_on_too_old_transaction_fails() -> None:
     """Without expire(), a read or certify past max_txn_age fails with too_old."""
-    c = Certifier(max_txn_age=10.0)
+    c = Certifier(max_txn_age_s=10.0)
     t = c.begin(0, 0.0)
     c.on_read(t, b"a", 9.0)
     with fails("too_old"):

@@ -378,7 +378,7 @@ def test_stats_count_commits_and_aborts_by_reason() -> None:
 
 def test_too_old_transaction_fails_and_is_counted() -> None:
     """A transaction older than max_txn_age fails with too_old; begin() expires it."""
-    db = engine.open("/db", fs=MemFS(), max_txn_age=0.3)
+    db = engine.open("/db", fs=MemFS(), max_txn_age_s=0.3)
     try:
         old = db.begin()
         stale = db.begin()
