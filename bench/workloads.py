@@ -373,9 +373,9 @@ def _extra_workloads() -> list[Workload]:
                    txn_workload(name, iso), unit="commits/s", peers=False)
           for name in ("bank", "read-mostly", "write-skew", "hot-spot") for iso in ("ssi", "occ")],
         Workload("cluster_put1", "3-node cluster: durable puts, 1 thread", cluster_put(1, 1_000),
-                 peers=False),
+                 peers=False, durable=True),
         Workload("cluster_put16", "3-node cluster: durable puts, 16 threads",
-                 cluster_put(16, 6_400), peers=False),
+                 cluster_put(16, 6_400), peers=False, durable=True),
         Workload("cluster_get", "3-node cluster: linearizable gets (read index), 1 thread",
                  cluster_get, peers=False),
         Workload("cluster_failover", "3-node cluster: leader crash -> first successful put "
