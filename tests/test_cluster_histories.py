@@ -36,10 +36,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.nemesis.check import Attempt, check_transactions
+from bench.nemesis.check import NOT_COMMITTED, Attempt, check_transactions
 from bench.nemesis.cluster import apply_log
-from engine.errors import ClosedError, SerializationFailure
-from replication import AmbiguousCommit, Cluster, KeyValueStore, NotLeader, Unavailable
+from engine.errors import ClosedError
+from replication import AmbiguousCommit, Cluster, KeyValueStore
 from replication.command import decode_command
 from tests.checkers import CommittedTxn, Op, check_linearizable
 
@@ -50,7 +50,6 @@ RUN_S = float(os.environ.get("STRATAKV_HISTORY_S", 5.0))
 FAULTS = max(14, int(RUN_S * 2.8))  # crash/restart events per test (clients run until done)
 LIVENESS_S = 30.0  # a bound for "eventually"; hitting it is a failure, never a timing claim
 TRUNCATE_EVERY = 300  # log entries between truncations in the truncation test
-NOT_COMMITTED = (Unavailable, NotLeader, SerializationFailure)  # documented: nothing committed
 
 
 def fixed_seed(default: int) -> int:
@@ -410,18 +409,10 @@ def transaction_clients(store: KeyValueStore, running: Callable[[], bool], seed:
         while running() and not errors:
             attempt = Attempt(f"t{c}-{n}", rng.random() < 0.3, time.monotonic())
             n += 1
-            try:
-                run_attempt(store, attempt, rng)
-            except AmbiguousCommit:
-                attempt.outcome = "ambiguous"
-            except NOT_COMMITTED as exc:
-                attempt.outcome, attempt.error = "failed", type(exc).__name__
-            except Exception as exc:
-                attempt.outcome, attempt.error = "error", f"{type(exc).__name__}: {exc}"
+            attempt.record(lambda: run_attempt(store, attempt, rng))  # noqa: B023
+            if attempt.outcome == "error":
                 with lock:
                     errors.append(f"client {c} {attempt.txn_id}: {attempt.error}")
-            else:
-                attempt.outcome, attempt.complete = "committed", time.monotonic()
             with lock:
                 attempts.append(attempt)
 

@@ -1,7 +1,7 @@
 """Checking recorded histories against the committed log: the verdict of a nemesis run.
 
-Pure functions over values (attempts, ops, the decoded log); no processes,
-sockets or clocks. Shared by ``python -m bench nemesis`` and the history
+Pure functions over values (attempts, ops, the decoded log); no processes
+or sockets. Shared by ``python -m bench nemesis`` and the history
 tests (tests/test_cluster_histories.py), so both judge by the same rules:
 
 1. Transactions: every acknowledged commit is in the log at the index it
@@ -20,18 +20,22 @@ tests (tests/test_cluster_histories.py), so both judge by the same rules:
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.checkers import CommittedTxn, check_serializable
+from engine.errors import SerializationFailure
+from replication.errors import AmbiguousCommit, NotLeader, Unavailable
 
-__all__ = ["SEQ_SCALE", "Attempt", "TxnVerdict", "check_list_append", "check_transactions",
-           "last_element"]
+__all__ = ["NOT_COMMITTED", "SEQ_SCALE", "Attempt", "TxnVerdict", "check_list_append",
+           "check_transactions", "last_element"]
 
 SEQ_SCALE = 1_000_000  # writer commit_seq = log index * SEQ_SCALE; readers fill the gaps
 Log = list[tuple[int, dict[bytes, bytes | None]]]
+NOT_COMMITTED = (Unavailable, NotLeader, SerializationFailure)  # documented: nothing committed
 
 
 @dataclass
@@ -56,6 +60,21 @@ class Attempt:
                 "writes": [k.decode() for k in self.writes], "outcome": self.outcome,
                 "sequence": self.sequence, "snapshot": self.snapshot,
                 "complete": self.complete, "error": self.error}
+
+    def record(self, run: Callable[[], None]) -> None:
+        """Run the attempt (``run`` commits it) and record its outcome and completion time:
+        what the store's errors say about whether it committed."""
+        try:
+            run()
+        except AmbiguousCommit:
+            self.outcome = "ambiguous"
+        except NOT_COMMITTED as exc:
+            self.outcome, self.error = "failed", type(exc).__name__
+        except Exception as exc:
+            self.outcome, self.error = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            self.outcome = "committed"
+        self.complete = time.monotonic()
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Attempt:
@@ -115,8 +134,8 @@ def check_transactions(attempts: Sequence[Attempt], log: Log, keys: Collection[b
             if in_log != a.sequence:
                 problems.append(f"acknowledged write lost or moved: {a.txn_id} acknowledged "
                                 f"at {a.sequence} but found at {in_log} in the log")
-                if in_log is None:
-                    continue
+            if in_log is None:
+                continue
             seq = in_log * SEQ_SCALE
         elif a.outcome == "failed":
             if in_log is not None:
@@ -179,8 +198,8 @@ def check_list_append(attempts: Sequence[Attempt], log: Log, keys: Collection[by
     for a in attempts:
         if a.outcome != "committed":
             continue
-        for k, v in a.reads.items():
-            seen = [] if v is None else v.split(" ")
+        for k, read in a.reads.items():
+            seen = [] if read is None else read.split(" ")
             have = final.get(k, [])
             if have[:len(seen)] != seen:
                 problems.append(f"{a.txn_id} read {k!r} = ...{seen[-3:]}, not a prefix of "
