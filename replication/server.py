@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine
-from engine.errors import ClosedError, InvalidArgument, TransactionClosed
+from engine.errors import InvalidArgument, TransactionClosed
 from engine.fs import FileSystem, OSFileSystem, atomic_write
 from engine.txn import Transaction
 from replication.cluster import DEFAULT_ENGINE_OPTIONS, VALID_SIZES
@@ -293,7 +293,8 @@ class NodeServer:
                 self._inflight += 1
         try:
             if closing:
-                raise ClosedError(f"node {self.id} is shutting down")
+                # Not run at all: Unavailable (retryable) sends the client to another node.
+                raise Unavailable(f"node {self.id} is shutting down")
             if handler is None:
                 raise InvalidArgument(f"unknown operation {op!r}")
             status, result = "ok", handler(self, conn, args)
