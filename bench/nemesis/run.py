@@ -163,8 +163,9 @@ def run_nemesis(cfg: NemesisConfig) -> NemesisResult:
         result.t0 = t0
         _report(cfg, result)
         if cfg.out:
+            unsafe = "-unsafe" if cfg.unsafe_follower_reads else ""
             result.plot = plot_timeline(result, Path(cfg.out) / f"nemesis-{cfg.nodes}n-seed"
-                                        f"{cfg.seed}.png")
+                                        f"{cfg.seed}{unsafe}.png")
         return result
     finally:
         for proc in clients:
