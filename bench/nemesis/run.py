@@ -53,7 +53,7 @@ from bench.nemesis.workload import LIST_KEYS, REGISTER_KEYS
 from replication.processes import die_with_parent
 from replication.transport.tcp import format_address
 
-__all__ = ["NemesisConfig", "NemesisResult", "main", "run_nemesis"]
+__all__ = ["NemesisConfig", "NemesisResult", "main", "parse_args", "run_nemesis"]
 
 ELECTION_TIMEOUT_MS = 400
 
@@ -326,7 +326,8 @@ def _faults(text: str) -> list[str]:
     return kinds
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line of ``python -m bench nemesis`` (exits 2 on bad usage)."""
     p = argparse.ArgumentParser(
         prog="python -m bench nemesis",
         description="Jepsen-style fault injection against a real N-node process cluster on "
@@ -357,6 +358,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.duration <= 0 or args.clients < 1 or args.threads < 2:
         p.error("--duration must be > 0, --clients >= 1, --threads >= 2")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cfg = NemesisConfig(args.nodes, args.duration, args.seed, args.faults, args.clients,
                         args.threads, args.unsafe_follower_reads, args.follower_reads,
