@@ -1,4 +1,5 @@
-"""Entry point: ``python -m bench [options]`` or ``python -m bench crash|txn|transport ...``."""
+"""Entry point: ``python -m bench [options]`` or ``python -m bench crash|txn|transport|nemesis
+...``."""
 
 import sys
 
@@ -10,6 +11,10 @@ if len(sys.argv) > 1 and sys.argv[1] == "transport":
     from bench.transport import main as transport_main
 
     sys.exit(transport_main(sys.argv[2:]))
+if len(sys.argv) > 1 and sys.argv[1] == "nemesis":
+    from bench.nemesis.run import main as nemesis_main
+
+    sys.exit(nemesis_main(sys.argv[2:]))
 if len(sys.argv) > 1 and sys.argv[1] == "txn":
     from bench.txn import main as txn_main
 

@@ -31,6 +31,8 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench.cli", "run the benchmark suite (python -m bench)"),
     "crash": ("bench.crash", "SIGKILL torture test of durability (python -m bench crash)"),
+    "nemesis": ("bench.nemesis.run", "Jepsen-style faults against node processes "
+                                     "(python -m bench nemesis)"),
     "txn": ("bench.txn", "SSI versus OCC transaction benchmark (python -m bench txn)"),
     "inspect": ("engine.__main__", "inspect an engine store offline (python -m engine)"),
     "cluster": ("replication.__main__",

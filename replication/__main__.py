@@ -31,6 +31,7 @@ from replication import ctl, processes, tools
 from replication.client import connect
 from replication.errors import ReplicationError
 from replication.server import ServerOptions
+from replication.transport.tcp import parse_address
 
 PROG = "python -m replication"
 
@@ -98,6 +99,9 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
                                      f"{d.txn_idle_timeout_s:g})")
     p.add_argument("--snapshot-chunk-bytes", type=whole_number, default=d.snapshot_chunk_bytes,
                    metavar="N", help="bytes per snapshot read (default 1 MiB)")
+    p.add_argument("--unsafe-follower-reads", action="store_true",
+                   help="BROKEN ON PURPOSE, for testing checkers: serve get from the local "
+                        "engine without ReadIndex (stale reads)")
 
 
 def _options(args: argparse.Namespace) -> ServerOptions:
@@ -105,7 +109,8 @@ def _options(args: argparse.Namespace) -> ServerOptions:
                          heartbeat_ms=args.heartbeat_ms, max_log_entries=args.max_log_entries,
                          log_keep_entries=args.log_keep_entries,
                          txn_idle_timeout_s=args.txn_idle_timeout_s,
-                         snapshot_chunk_bytes=args.snapshot_chunk_bytes).validate()
+                         snapshot_chunk_bytes=args.snapshot_chunk_bytes,
+                         unsafe_follower_reads=args.unsafe_follower_reads).validate()
 
 
 def _add_process_commands(sub: Any) -> None:
@@ -118,6 +123,9 @@ def _add_process_commands(sub: Any) -> None:
     p.add_argument("--peers", required=True, metavar="0=HOST:PORT,1=HOST:PORT,...",
                    help="every node's address, this one's included (N = 3, 5 or 7)")
     p.add_argument("--data", required=True, metavar="DIR", help="this node's data directory")
+    p.add_argument("--listen", metavar="HOST:PORT",
+                   help="listen here instead of at this node's --peers entry; --peers then "
+                        "says where to dial each peer (through a proxy or NAT)")
     _add_server_options(p)
     p.set_defaults(parser=p)
     p = sub.add_parser("up", help="run a local N-node cluster until Ctrl-C",
@@ -157,8 +165,14 @@ def _process_command(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format=f"%(asctime)s %(levelname)s node-{args.id} %(name)s: "
                                    f"%(message)s")
+        listen = None
+        if args.listen is not None:
+            try:
+                listen = parse_address(args.listen)
+            except ValueError as exc:
+                args.parser.error(f"--listen: {exc}")
         return processes.serve(args.id, processes.parse_peers(args.peers), args.data,
-                               cluster=args.cluster, options=_options(args))
+                               cluster=args.cluster, options=_options(args), listen=listen)
     if args.command == "up":
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
         extra = ["--cluster", args.cluster,
@@ -168,6 +182,8 @@ def _process_command(args: argparse.Namespace) -> int:
                  "--log-keep-entries", str(args.log_keep_entries),
                  "--txn-idle-timeout-s", str(args.txn_idle_timeout_s),
                  "--snapshot-chunk-bytes", str(args.snapshot_chunk_bytes)]
+        if args.unsafe_follower_reads:
+            extra.append("--unsafe-follower-reads")
         _options(args)  # bad settings fail here, before any process starts
         return processes.up(args.nodes, args.dir, port=args.port, extra=extra)
     lo, hi = _CTL_ARITY[args.ctl_command]

@@ -76,14 +76,16 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[Address]:
 
 
 def connect(endpoints: str | Sequence[str], *, timeout: float = 5.0,
-            attempt_timeout: float = 2.0, cluster: str = "stratakv") -> RemoteStore:
+            attempt_timeout: float = 2.0, cluster: str = "stratakv",
+            by_id: bool = False) -> RemoteStore:
     """A client of the cluster whose nodes listen at ``endpoints`` (``"HOST:PORT,..."``).
 
     Connections are made on first use; ``timeout`` bounds every operation,
-    ``attempt_timeout`` each try of it on one node (see :class:`RemoteStore`).
+    ``attempt_timeout`` each try of it on one node, ``by_id`` how leader
+    hints are followed (see :class:`RemoteStore`).
     """
     return RemoteStore(parse_endpoints(endpoints), timeout=timeout,
-                       attempt_timeout=attempt_timeout, cluster=cluster)
+                       attempt_timeout=attempt_timeout, cluster=cluster, by_id=by_id)
 
 
 def _key(key: object, what: str = "key") -> str:
@@ -124,10 +126,17 @@ class RemoteStore:
     overloaded answers nothing, and without this bound one silent node
     would use up the whole timeout. Retrying a write is safe (sessions);
     a transaction whose node goes silent fails with NotLeader.
+
+    ``by_id``: ``endpoints[i]`` is node ``i`` (all of them, in id order), so
+    a not-leader hint is followed to the endpoint of the node it names
+    rather than to the address that node dials it at -- for clients that
+    reach the nodes another way than the nodes reach each other (through a
+    proxy, as ``python -m bench nemesis`` does, or a NAT).
     """
 
     def __init__(self, endpoints: Sequence[Address], *, timeout: float = 5.0,
-                 attempt_timeout: float = 2.0, cluster: str = "stratakv") -> None:
+                 attempt_timeout: float = 2.0, cluster: str = "stratakv",
+                 by_id: bool = False) -> None:
         if not timeout > 0:
             raise engine.InvalidArgument(f"timeout must be > 0 seconds, got {timeout!r}")
         if not attempt_timeout > 0:
@@ -136,6 +145,7 @@ class RemoteStore:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        self.by_id = by_id
         self._cluster_id = cluster.encode("utf-8")
         self._lock = threading.Lock()  # the pools, the sessions, the leader guess
         self._leader = 0
@@ -165,7 +175,11 @@ class RemoteStore:
     def _route(self, exc: BaseException | None) -> None:
         """After a failed attempt: follow a NotLeader hint, else try the next endpoint."""
         with self._lock:
-            if isinstance(exc, NotLeader) and exc.address is not None:
+            if isinstance(exc, NotLeader) and self.by_id:
+                if exc.leader is not None and 0 <= exc.leader < len(self.endpoints):
+                    self._leader = exc.leader
+                    return
+            elif isinstance(exc, NotLeader) and exc.address is not None:
                 try:
                     address = parse_address(exc.address)
                 except ValueError:
@@ -211,7 +225,8 @@ class RemoteStore:
                     last = exc
                     self._give(conn)
                     self._route(exc)
-                    if isinstance(exc, NotLeader) and exc.address is not None:
+                    if isinstance(exc, NotLeader) and (exc.leader if self.by_id
+                                                       else exc.address) is not None:
                         continue  # a fresh hint: go at once
                 except AmbiguousCommit as exc:  # the node could not learn the outcome in time
                     last = exc

@@ -33,8 +33,8 @@ from replication.client import RemoteStore
 from replication.server import NodeServer, ServerOptions
 from replication.transport.tcp import Address, format_address, parse_address
 
-__all__ = ["ChildNode", "parse_peers", "serve", "start_nodes", "stop_nodes", "up",
-           "wait_for_leader"]
+__all__ = ["ChildNode", "die_with_parent", "parse_peers", "serve", "start_nodes", "stop_nodes",
+           "up", "wait_for_leader"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def parse_peers(text: str) -> list[Address]:
 
 
 def serve(node_id: int, peers: Sequence[Address], data_dir: str, *, cluster: str,
-          options: ServerOptions) -> int:
-    """Run a node until a signal (exit status 0) or a failure (1)."""
+          options: ServerOptions, listen: Address | None = None) -> int:
+    """Run a node until a signal (exit status 0) or a failure (1); ``listen``: see NodeServer."""
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -68,7 +68,8 @@ def serve(node_id: int, peers: Sequence[Address], data_dir: str, *, cluster: str
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server = NodeServer(node_id, peers, data_dir, cluster=cluster, options=options)
+    server = NodeServer(node_id, peers, data_dir, cluster=cluster, options=options,
+                        listen=listen)
     server.on_failure = stop.set
     try:
         while not stop.wait(0.2):
@@ -110,31 +111,36 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when the parent dies (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def serve_command(node_id: int, addresses: Sequence[Address], data_dir: str,
-                  extra: Sequence[str] = ()) -> list[str]:
+                  extra: Sequence[str] = (), listen: Address | None = None) -> list[str]:
     peers = ",".join(f"{i}={format_address(a)}" for i, a in enumerate(addresses))
+    where = [] if listen is None else ["--listen", format_address(listen)]
     return [sys.executable, "-m", "replication", "serve", "--id", str(node_id), "--peers",
-            peers, "--data", data_dir, *extra]
+            peers, "--data", data_dir, *where, *extra]
 
 
 def start_node(node_id: int, addresses: Sequence[Address], base_dir: str,
-               extra: Sequence[str] = ()) -> ChildNode:
-    """Start ``serve`` for node ``node_id`` with data in ``base_dir/node-<id>``."""
+               extra: Sequence[str] = (), listen: Address | None = None) -> ChildNode:
+    """Start ``serve`` for node ``node_id`` with data in ``base_dir/node-<id>``.
+
+    ``listen``: where it listens, if not at ``addresses[node_id]`` (then
+    ``addresses`` is where it dials its peers, e.g. through a proxy).
+    """
     data_dir = os.path.join(base_dir, f"node-{node_id}")
     logfile = open(os.path.join(base_dir, f"node-{node_id}.log"), "ab")  # noqa: SIM115
     try:
-        proc = subprocess.Popen(serve_command(node_id, addresses, data_dir, extra),
+        proc = subprocess.Popen(serve_command(node_id, addresses, data_dir, extra, listen),
                                 stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile,
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=die_with_parent)
     finally:
         logfile.close()
-    return ChildNode(node_id, addresses[node_id], data_dir, proc)
+    return ChildNode(node_id, listen or addresses[node_id], data_dir, proc)
 
 
 def start_nodes(n: int, base_dir: str, *, port: int | None = None,

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import engine
-from engine.errors import ClosedError, InvalidArgument, TransactionClosed
+from engine.errors import InvalidArgument, TransactionClosed
 from engine.fs import FileSystem, OSFileSystem, atomic_write
 from engine.txn import Transaction
 from replication.cluster import VALID_SIZES
@@ -89,6 +89,13 @@ class ServerOptions:
     committed entries than the first, it is compacted to the second
     (followers further behind get a snapshot). ``snapshot_chunk_bytes``:
     the size of one snapshot read.
+
+    ``unsafe_follower_reads``: DELIBERATELY BROKEN, for testing checkers
+    only. A ``get`` is served from this node's engine as it stands -- on a
+    follower, on a partitioned or deposed leader -- without ReadIndex, so
+    it can return a stale value and reads stop being linearizable. ``python
+    -m bench nemesis --unsafe-follower-reads`` uses it to show that the
+    linearizability checker catches exactly this bug. Never set it otherwise.
     """
 
     election_timeout_ms: int = 500
@@ -98,6 +105,7 @@ class ServerOptions:
     max_log_entries: int = 50_000
     log_keep_entries: int = 5_000
     snapshot_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    unsafe_follower_reads: bool = False
     engine: engine.Options = field(
         default_factory=lambda: engine.Options(**DEFAULT_ENGINE_OPTIONS))
 
@@ -140,11 +148,17 @@ class _Txn:
 
 
 class NodeServer:
-    """Node ``node_id`` of the cluster whose nodes listen at ``peers`` (index = node id)."""
+    """Node ``node_id`` of the cluster whose nodes listen at ``peers`` (index = node id).
+
+    ``listen``: where this node accepts peers and clients, if not at
+    ``peers[node_id]``. Then ``peers`` says only where this node *dials*
+    each peer (and names in not-leader hints), which lets a fault-injecting
+    proxy or a NAT sit between every pair of nodes (``bench/nemesis``).
+    """
 
     def __init__(self, node_id: int, peers: Sequence[Address], data_dir: str, *,
                  cluster: str = "stratakv", options: ServerOptions | None = None,
-                 fs: FileSystem | None = None) -> None:
+                 fs: FileSystem | None = None, listen: Address | None = None) -> None:
         self.options = (options or ServerOptions()).validate()
         if len(peers) not in VALID_SIZES:
             raise InvalidArgument(f"a cluster has 3, 5 or 7 nodes, got {len(peers)} addresses")
@@ -180,7 +194,7 @@ class NodeServer:
             self._check_identity()
             self.snapshots = SnapshotStore(self.fs, self.fs.join(data_dir, "snapshots"))
             self.transport = TcpTransport(
-                node_id, cluster_id=self._cluster_id, listen=self.peers[node_id],
+                node_id, cluster_id=self._cluster_id, listen=listen or self.peers[node_id],
                 peers={i: a for i, a in enumerate(self.peers) if i != node_id},
                 on_client=self._serve_client)
             config = self.options.raft_config()
@@ -280,7 +294,8 @@ class NodeServer:
                 self._inflight += 1
         try:
             if closing:
-                raise ClosedError(f"node {self.id} is shutting down")
+                # Not run at all: Unavailable (retryable) sends the client to another node.
+                raise Unavailable(f"node {self.id} is shutting down")
             if handler is None:
                 raise InvalidArgument(f"unknown operation {op!r}")
             status, result = "ok", handler(self, conn, args)
@@ -336,7 +351,13 @@ class NodeServer:
         return self._write(batch.ops, args)
 
     def op_get(self, conn: int, args: dict[str, Any]) -> Any:
-        return _str_or_none(self.node.read(_text(args, "key"), self._deadline(args)))
+        key = _text(args, "key")
+        if self.options.unsafe_follower_reads:  # broken on purpose: see ServerOptions
+            e = self.node.engine
+            if e is None:
+                raise NotLeader(f"node {self.id} has no engine")
+            return _str_or_none(e.get(key))
+        return _str_or_none(self.node.read(key, self._deadline(args)))
 
     def op_multi_get(self, conn: int, args: dict[str, Any]) -> Any:
         keys = args.get("keys")

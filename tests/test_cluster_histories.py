@@ -24,7 +24,6 @@ reproducible.
 
 from __future__ import annotations
 
-import bisect
 import os
 import random
 import sys
@@ -37,10 +36,12 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import ClosedError, SerializationFailure
-from replication import AmbiguousCommit, Cluster, KeyValueStore, NotLeader, Unavailable
+from bench.nemesis.check import NOT_COMMITTED, Attempt, check_transactions
+from bench.nemesis.cluster import apply_log
+from engine.errors import ClosedError
+from replication import AmbiguousCommit, Cluster, KeyValueStore
 from replication.command import decode_command
-from tests.checkers import CommittedTxn, Op, check_linearizable, check_serializable
+from tests.checkers import CommittedTxn, Op, check_linearizable
 
 CLIENTS = 12
 # Minimum workload duration per test; the whole file stays well under 90 s. A soak run
@@ -49,8 +50,6 @@ RUN_S = float(os.environ.get("STRATAKV_HISTORY_S", 5.0))
 FAULTS = max(14, int(RUN_S * 2.8))  # crash/restart events per test (clients run until done)
 LIVENESS_S = 30.0  # a bound for "eventually"; hitting it is a failure, never a timing claim
 TRUNCATE_EVERY = 300  # log entries between truncations in the truncation test
-SEQ_SCALE = 1_000_000  # writer commit_seq = log index * SEQ_SCALE; readers fill the gaps
-NOT_COMMITTED = (Unavailable, NotLeader, SerializationFailure)  # documented: nothing committed
 
 
 def fixed_seed(default: int) -> int:
@@ -273,17 +272,6 @@ def replica_state(cluster: Cluster) -> dict[bytes, bytes]:
     return scans[0]
 
 
-def apply_log(log: list[tuple[int, dict[bytes, bytes | None]]]) -> dict[bytes, bytes]:
-    state: dict[bytes, bytes] = {}
-    for _, ops in log:
-        for k, v in ops.items():
-            if v is None:
-                state.pop(k, None)
-            else:
-                state[k] = v
-    return state
-
-
 # -- (a) linearizable registers ---------------------------------------------------------------
 
 
@@ -385,20 +373,6 @@ def test_register_history_is_linearizable_under_crashes(make_cluster: Callable[.
 # -- (b) serializable transactions ------------------------------------------------------------
 
 
-@dataclass
-class Attempt:
-    txn_id: str
-    read_only: bool
-    invoke: float
-    reads: dict[bytes, str | None] = field(default_factory=dict)
-    writes: list[bytes] = field(default_factory=list)
-    outcome: str = "pending"  # committed | failed | ambiguous | error
-    sequence: int | None = None
-    snapshot: int | None = None
-    complete: float | None = None
-    error: str = ""
-
-
 TXN_KEYS = ["a", "b", "c", "d", "e"]
 
 
@@ -435,18 +409,10 @@ def transaction_clients(store: KeyValueStore, running: Callable[[], bool], seed:
         while running() and not errors:
             attempt = Attempt(f"t{c}-{n}", rng.random() < 0.3, time.monotonic())
             n += 1
-            try:
-                run_attempt(store, attempt, rng)
-            except AmbiguousCommit:
-                attempt.outcome = "ambiguous"
-            except NOT_COMMITTED as exc:
-                attempt.outcome, attempt.error = "failed", type(exc).__name__
-            except Exception as exc:
-                attempt.outcome, attempt.error = "error", f"{type(exc).__name__}: {exc}"
+            attempt.record(lambda: run_attempt(store, attempt, rng))  # noqa: B023
+            if attempt.outcome == "error":
                 with lock:
                     errors.append(f"client {c} {attempt.txn_id}: {attempt.error}")
-            else:
-                attempt.outcome, attempt.complete = "committed", time.monotonic()
             with lock:
                 attempts.append(attempt)
 
@@ -484,83 +450,15 @@ def check_final_reads(store: KeyValueStore, committed: list[CommittedTxn]) -> No
 
 def check_attempts(attempts: list[Attempt], log: list[tuple[int, dict[bytes, bytes | None]]],
                    min_committed: int) -> list[CommittedTxn]:
-    """Serializable and strict, and what clients were told matches ``log``; the committed."""
-    outcomes: dict[str, int] = {}
-    for a in attempts:
-        outcomes[a.outcome] = outcomes.get(a.outcome, 0) + 1
-    event(f"{len(attempts)} attempts {outcomes}")
-    assert outcomes.get("committed", 0) >= min_committed, (
+    """Serializable and strict, and what clients were told matches ``log``; the committed
+    (bench.nemesis.check.check_transactions: the rules ``python -m bench nemesis`` uses)."""
+    verdict = check_transactions(attempts, log, {k.encode() for k in TXN_KEYS})
+    event(f"{len(attempts)} attempts {dict(verdict.outcomes)}")
+    assert verdict.outcomes.get("committed", 0) >= min_committed, (
         "too few transactions committed to mean much")
-
-    # Where did each writer land in the log? Values name their writer.
-    txn_keys = {k.encode() for k in TXN_KEYS}
-    landed: dict[str, int] = {}
-    for index, ops in log:
-        if not ops or not set(ops) <= txn_keys:  # a barrier, or another workload's write
-            continue
-        writers = {v.decode() for v in ops.values() if v is not None}
-        assert len(writers) == 1, f"log entry {index} mixes writers {writers}"
-        writer = writers.pop()
-        assert writer not in landed, f"{writer} committed twice: {landed[writer]} and {index}"
-        landed[writer] = index
-
-    committed: list[CommittedTxn] = []
-    aborted: list[str] = []
-    reader_offsets: dict[int, int] = {}
-    for a in attempts:
-        in_log = landed.get(a.txn_id)
-        if a.read_only:
-            if a.outcome != "committed":
-                aborted.append(a.txn_id)
-                continue
-            assert a.snapshot is not None
-            offset = reader_offsets[a.snapshot] = reader_offsets.get(a.snapshot, 0) + 1
-            seq = a.snapshot * SEQ_SCALE + offset
-        elif a.outcome == "committed":
-            assert in_log == a.sequence, (f"{a.txn_id} acknowledged at {a.sequence} but found "
-                                          f"at {in_log} in the log")
-            seq = a.sequence * SEQ_SCALE
-        elif a.outcome == "failed":
-            assert in_log is None, f"{a.txn_id} failed with {a.error} yet committed at {in_log}"
-            aborted.append(a.txn_id)
-            continue
-        elif in_log is None:  # ambiguous or unexpected error, and not in the log
-            aborted.append(a.txn_id)
-            continue
-        else:
-            seq = in_log * SEQ_SCALE
-        committed.append(CommittedTxn(a.txn_id, seq, tuple(a.reads.items()), tuple(a.writes)))
-    known = {a.txn_id for a in attempts}
-    strangers = set(landed) - known
-    assert not strangers, f"log entries written by no recorded attempt: {sorted(strangers)[:5]}"
-
-    result = check_serializable(committed, aborted)
-    if not result.ok:
-        involved = {t for edge in result.cycle or [] for t in edge[:2]}
-        detail = [(a.txn_id, a.outcome, a.error, a.read_only, "snapshot", a.snapshot,
-                   "seq", a.sequence, "log", landed.get(a.txn_id), "reads", a.reads,
-                   "writes", a.writes) for a in attempts if a.txn_id in involved]
-        pytest.fail(f"not serializable: cycle {result.cycle}; anomalies "
-                    f"{result.anomalies[:5]}; attempts {detail}")
-
-    # Strict serializability: a transaction's snapshot holds every commit acknowledged before
-    # it began (KeyValueStore's docstring promises it).
-    acked = sorted((a.complete, a.sequence) for a in attempts
-                   if a.outcome == "committed" and a.sequence is not None
-                   and a.complete is not None)
-    times = [t for t, _ in acked]
-    best: list[int] = []
-    for _, s in acked:
-        best.append(max(s, best[-1]) if best else s)
-    for a in attempts:
-        if a.outcome != "committed" or a.snapshot is None:
-            continue
-        i = bisect.bisect_left(times, a.invoke)
-        if i:
-            assert a.snapshot >= best[i - 1], (
-                f"{a.txn_id} began after commit {best[i - 1]} was acknowledged but read "
-                f"snapshot {a.snapshot}")
-    return committed
+    if verdict.problems:
+        pytest.fail("; ".join(verdict.problems[:5]))
+    return verdict.committed
 
 
 @pytest.mark.parametrize("nodes", [3, 5])

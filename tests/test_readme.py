@@ -128,6 +128,10 @@ def test_every_other_readme_command_parses(tmp_path: Path, monkeypatch: Any) -> 
         seen.add(tool)
         if tool == "bench" and len(words) > 3 and words[3] == "crash":
             assert crash.main([*words[4:], "--dir", str(tmp_path)]) == 0, cmd
+        elif tool == "bench" and len(words) > 3 and words[3] == "nemesis":
+            from bench.nemesis.run import parse_args as nemesis_args
+
+            nemesis_args(words[4:])
         elif tool == "bench" and len(words) > 3 and words[3] == "txn":
             r = subprocess.run([sys.executable, "-m", *words[2:], "--help"],
                                capture_output=True, text=True, timeout=120, check=False,
