@@ -354,6 +354,47 @@ def multiget100(make: MakeSystem, cfg: Config) -> Measurement:
                               "vs_loop_of_get": loop_seconds / seconds})
 
 
+def deleterange(make: MakeSystem, cfg: Config) -> Measurement:
+    """Delete a 10,000-key range in one call, then scan across it, beside an empty range.
+
+    The range tombstone is timed as one op. Scans across the deleted range
+    are timed against scans of a range of the same width that never held a
+    key, first with the tombstone in the memtable over keys in tables, then
+    after a full compaction has dropped the deleted keys. Within noise the
+    two should cost the same (``extra["deleted_vs_empty"]``).
+    """
+    sysm = _loaded(make, cfg)
+    db = sysm.db  # type: ignore[attr-defined]  # stratakv only (peers=False)
+    width = min(10_000, cfg.keys // 2)
+    lo_i = cfg.keys // 4
+    lo, hi = key(lo_i), key(lo_i + width)
+    empty_lo, empty_hi = key(cfg.keys + 1_000), key(cfg.keys + 1_000 + width)
+    t = time.perf_counter()
+    db.delete_range(lo, hi)
+    delete_us = (time.perf_counter() - t) * 1e6
+    rounds = cfg.n(200)
+
+    def timed(a: bytes, b: bytes) -> float:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            if list(db.scan(a, b)):
+                raise RuntimeError("deleterange: a scan of a deleted or empty range found keys")
+        return (time.perf_counter() - t0) / rounds * 1e6
+
+    deleted_mem, empty_mem = timed(lo, hi), timed(empty_lo, empty_hi)
+    db.compact()
+    deleted_compacted, empty_compacted = timed(lo, hi), timed(empty_lo, empty_hi)
+    if db.get(key(lo_i - 1)) is None or db.get(key(lo_i + width)) is None:
+        raise RuntimeError("deleterange: a key next to the range was deleted")
+    sysm.close()
+    return Measurement(ops=1, seconds=delete_us / 1e6, latencies_us=[delete_us], extra={
+        "range_keys": width, "scan_deleted_us": round(deleted_mem, 1),
+        "scan_empty_us": round(empty_mem, 1),
+        "deleted_vs_empty": round(deleted_mem / max(empty_mem, 1e-9), 2),
+        "after_compaction_deleted_vs_empty": round(
+            deleted_compacted / max(empty_compacted, 1e-9), 2)})
+
+
 def _extra_workloads() -> list[Workload]:
     """Workloads defined in modules that import this one (YCSB, cluster, transactions)."""
     from bench.cluster_bench import cluster_failover, cluster_get, cluster_put
@@ -415,6 +456,9 @@ WORKLOADS: dict[str, Workload] = {
         Workload("multiget100", "batched gets of 100 random present keys a call, after "
                                 "reopen (multi_get; sqlite3 IN (...); RocksDB MultiGet)",
                  multiget100, unit="keys/s"),
+        Workload("deleterange", "delete_range of 10,000 keys (one call), then scans across "
+                                "it vs an empty range (extra: deleted_vs_empty)", deleterange,
+                 unit="deletes/s", peers=False),
         *_extra_workloads(),
     ]
 }
