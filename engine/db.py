@@ -21,8 +21,9 @@ Who owns what (each module's docstring has its invariants and lock rules):
   switches; ``tables.py`` builds and opens table files; ``obsolete.py``
   deletes every file the live set no longer needs.
 * ``recovery.py`` -- from the files on disk to a recovered state.
-* ``lifecycle.py`` -- open/closing/closed, the error that stopped writes,
-  the one teardown behind ``close()`` and ``simulate_crash()``.
+* ``lifecycle.py`` -- open/closing/closed, the start-up (recovery, or a
+  read-only view), the error that stopped writes, the one teardown behind
+  ``close()`` and ``simulate_crash()``.
 * ``local.py`` -- the transaction backend (certifier + pipeline).
 * ``stats.py`` -- ``stats()``.
 
@@ -32,7 +33,7 @@ never across I/O); ``Versions.manifest_lock`` and
 take no lock: they read ``visible_seq`` and then the superversion.
 
 A read-only engine (``read_only=True``) has no threads, WAL, manifest writer
-or LOCK: ``refresh()`` loads a new view under ``_refresh_lock`` and
+or LOCK: ``refresh()`` loads a new view under ``Lifecycle.refresh_lock`` and
 publishes the sequence *before* the superversion (a reader between the two
 sees the older view at the newer sequence: the older state, consistently).
 Snapshots and transactions pin the view they began in (``Versions.pinned``).
@@ -63,7 +64,6 @@ from engine.batch import (
 from engine.block import Block
 from engine.cache import LRUCache
 from engine.commit import CommitEnv, CommitPipeline, Ops
-from engine.encoding import CLUSTER_DESCRIPTOR
 from engine.encoding import FileKind as FileKind  # re-exported: engine.db.FileKind
 from engine.encoding import file_name as file_name  # re-exported: engine.db.file_name
 from engine.errors import ClosedError, InvalidArgument
@@ -74,7 +74,6 @@ from engine.local import LocalTransactions as _LocalTransactions
 from engine.obsolete import ObsoleteFiles
 from engine.options import Options
 from engine.reads import Reader, Snapshot, SuperVersion, lookup, lookup_ranged
-from engine.recovery import load_read_only, recover
 from engine.retry import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
@@ -107,7 +106,6 @@ class Engine:
         self._fs = fs = fs or OSFileSystem()
         self._read_only = read_only
         self._mutex = threading.Lock()
-        self._refresh_lock = threading.Lock()  # read-only engines: one refresh at a time
         self._stats: Counter[str] = Counter()
         self._cache: LRUCache[Block] = LRUCache(opts.block_cache_bytes)
         self._files = TableFiles(fs, path, opts, self._cache,
@@ -124,27 +122,7 @@ class Engine:
         self._default_sync = opts.sync == "always"
         self._transactions = _LocalTransactions(opts, self._mutex, self._certifier, self._reader,
                                                 self._commit, v, life, self._durable)
-        if fs.exists(fs.join(path, CLUSTER_DESCRIPTOR)):
-            raise InvalidArgument(f"{path} holds a replicated cluster, not an engine store: "
-                                  f"open it with replication.open")
-        if read_only:
-            sv, last_seq, tables = load_read_only(fs, path, opts, self._files, {})
-            self._commit.reset(last_seq)
-            v.refresh(sv, last_seq, tables)
-            return
-        fs.mkdirs(path)
-        self._lock = fs.lock(fs.join(path, "LOCK"))
-        try:
-            rec = recover(fs, path, opts, self._files)
-            self._stats["wal_batches_replayed"] += rec.batches_replayed
-            self._commit.reset(rec.last_seq)  # every write up to here is on stable storage
-            v.start(rec, self._commit.open_wal if opts.wal else None)
-        except BaseException:
-            self._lock.release()
-            for t in v.tables.values():
-                t.close()
-            raise
-        bg.start(self._commit)
+        life.start_up(fs, opts, self._files, self._commit, v, bg, self._stats)
 
     # -- internals the tests look at, under the names they had before the split -------------
 
@@ -365,17 +343,8 @@ class Engine:
             raise InvalidArgument("refresh() is for engines opened read_only=True; a writable "
                                   "engine always reads its latest state")
         self._lifecycle.check_open()
-        with self._refresh_lock:
-            sv, last_seq, tables = load_read_only(self._fs, self.path, self.options,
-                                                  self._files, self._versions.tables)
-            with self._mutex:
-                self._lifecycle.check_open()
-                # Sequence first, then tables: a lock-free reader between the two
-                # reads the newer sequence in the older view -- the older state,
-                # consistently -- never an old sequence in tables compacted since.
-                self._commit.reset(last_seq)
-                self._versions.refresh(sv, last_seq, tables)
-                self._stats["refreshes"] += 1
+        self._lifecycle.load_view(self._fs, self.options, self._files, self._commit,
+                                  self._versions, self._stats)
 
     # ------------------------------------------------------------------ transactions
 
@@ -521,11 +490,10 @@ class Engine:
     def _teardown(self, *, crash: bool) -> None:
         """The one teardown (engine/lifecycle.py) behind close() and simulate_crash()."""
         if self._read_only:
-            self._lifecycle.close_read_only(self._refresh_lock, self._versions)
+            self._lifecycle.close_read_only(self._versions)
             return
         self._lifecycle.shut_down(crash=crash, pipeline=self._commit,
-                                  background=self._background, versions=self._versions,
-                                  lock=self._lock)
+                                  background=self._background, versions=self._versions)
 
     def __enter__(self) -> Engine:
         return self
