@@ -52,12 +52,12 @@ from engine.batch import (
     BatchContext,
     Buffer,
     RangeEnd,
+    SyncPolicy,
     WriteBatch,
     check_bound,
     check_entries,
     check_key,
     check_keys,
-    check_sync,
     check_value,
     scan_bounds,
 )
@@ -119,9 +119,9 @@ class Engine:
                         failed=life.stop_writes, stopped=lambda: life.error is not None)
         self._commit = CommitPipeline(fs, path, self._mutex, env, self._certifier, self._stats)
         self._reader = Reader(opts, v, life.check_open)
-        self._default_sync = opts.sync == "always"
+        self._sync = SyncPolicy(opts, read_only=read_only)  # what sync= means here
         self._transactions = _LocalTransactions(opts, self._mutex, self._certifier, self._reader,
-                                                self._commit, v, life, self._durable)
+                                                self._commit, v, life, self._sync.durable)
         life.start_up(fs, opts, self._files, self._commit, v, bg, self._stats)
 
     # -- internals the tests look at, under the names they had before the split -------------
@@ -158,12 +158,12 @@ class Engine:
         """
         k = check_key(key, self.options)
         v = check_value(value, self.options)
-        self._write({k: v}, len(k) + len(v), sync=self._durable(sync), what="put")
+        self._write({k: v}, len(k) + len(v), sync=self._sync.durable(sync), what="put")
 
     def delete(self, key: Buffer, *, sync: bool | None = None) -> None:
         """Remove ``key`` (a no-op if absent); durable when it returns (``sync=`` as in put)."""
         k = check_key(key, self.options)
-        self._write({k: None}, len(k), sync=self._durable(sync), what="delete")
+        self._write({k: None}, len(k), sync=self._sync.durable(sync), what="delete")
 
     def delete_range(self, start: Buffer, end: Buffer, *, sync: bool | None = None) -> None:
         """Remove every key in ``[start, end)``, atomically, with one write (a range tombstone).
@@ -182,7 +182,7 @@ class Engine:
         hi = check_bound(end, "end", self.options)
         if not lo < hi:
             raise InvalidArgument(f"delete_range needs start < end, got {lo!r} >= {hi!r}")
-        durable = self._durable(sync)
+        durable = self._sync.durable(sync)
         self._lifecycle.refuse_read_only("delete_range")
         self._versions.range_deletes = True  # before the write can become visible
         self._write({lo: RangeEnd(hi)}, len(lo) + len(hi), sync=durable, what="delete_range")
@@ -193,7 +193,7 @@ class Engine:
         ``sync=`` overrides the store's default for this batch (see :meth:`put`).
         """
         if sync is not None:
-            self._sync_arg(sync)
+            self._sync.check(sync)
         self._lifecycle.refuse_read_only("batch")
         self._lifecycle.check_open()
         return BatchContext(self.options, lambda b, s: self.write(b, sync=s), sync)
@@ -202,7 +202,7 @@ class Engine:
         """Apply every operation of ``batch`` atomically (``sync=`` as in :meth:`put`)."""
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
-        durable = self._durable(sync)
+        durable = self._sync.durable(sync)
         self._lifecycle.refuse_read_only("write")
         if batch.ops:
             self._write(dict(batch.ops), batch.byte_size, sync=durable, what="write")
@@ -220,17 +220,6 @@ class Engine:
             self.flush()
             return
         self._commit.commit([], 0, None, sync=True, what="sync")
-
-    def _sync_arg(self, sync: object) -> bool:
-        """Check an explicit ``sync=`` argument (True or False) for this engine."""
-        if check_sync(sync) and not self.options.wal and not self._read_only:
-            raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
-                                  "wal=False (its durability comes from elsewhere)")
-        return bool(sync)
-
-    def _durable(self, sync: bool | None) -> bool:
-        """Whether a write with this ``sync=`` argument must be synced (None: the default)."""
-        return self._default_sync if sync is None else self._sync_arg(sync)
 
     def apply(self, batch: WriteBatch, sequence: int) -> bool:
         """Apply ``batch`` at ``sequence`` chosen by the caller (a replication log index).
@@ -250,7 +239,7 @@ class Engine:
         run of committed log entries at once.
         """
         items, nbytes = check_entries(entries)
-        return self._commit.commit(items, nbytes, None, sync=self._default_sync, what="apply")
+        return self._commit.commit(items, nbytes, None, sync=self._sync.default, what="apply")
 
     def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None,
                sync: bool, what: str = "write") -> int:
@@ -358,7 +347,7 @@ class Engine:
         commit away), so it does not read around them.
         """
         if sync is not None:
-            self._sync_arg(sync)
+            self._sync.check(sync)
         state = self._transactions.begin(read_only=read_only)
         return Transaction(self._transactions, state, sync=sync)
 
@@ -414,9 +403,6 @@ class Engine:
         """
         self._lifecycle.refuse_read_only("checkpoint")
         self.flush()
-        self._fs.mkdirs(dest)
-        if self._fs.listdir(dest):
-            raise InvalidArgument(f"checkpoint directory {dest} is not empty")
         with self._background.compaction_lock:
             return self._versions.checkpoint(dest)
 
@@ -465,12 +451,8 @@ class Engine:
     def verify(self) -> VerifyReport:
         """Read and check every table block, the WAL and the manifest; return a report."""
         self._lifecycle.check_open()
-        v = self._versions
         with self._background.compaction_lock:  # no table is deleted while it is re-read
-            with self._mutex:
-                sv = v.sv
-                tables = [(f, v.tables[f.number]) for _, f in sv.version.files()]
-                log_number = (sv.imms[-1] if sv.imms else sv.mem).wal_number
+            tables, log_number = self._versions.live_tables()
             return verify_store(self._fs, self.path, tables, self.options.num_levels, log_number)
 
     def close(self) -> None:
