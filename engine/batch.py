@@ -29,6 +29,7 @@ from engine.options import Options
 __all__ = [
     "BatchContext",
     "RangeEnd",
+    "SyncPolicy",
     "WriteBatch",
     "check_bound",
     "check_entries",
@@ -121,6 +122,33 @@ def check_sync(sync: object) -> bool | None:
     if sync is not None and type(sync) is not bool:
         raise TypeError(f"sync must be True, False or None, got {type(sync).__name__}")
     return sync
+
+
+class SyncPolicy:
+    """What a write's ``sync=`` argument means for one engine: True, False or its default.
+
+    ``default`` is ``Options.sync == "always"``. ``sync=True`` needs the
+    write-ahead log, except on a read-only engine (whose writes are refused
+    anyway, with ReadOnlyError).
+    """
+
+    __slots__ = ("default", "read_only", "wal")
+
+    def __init__(self, options: Options, *, read_only: bool) -> None:
+        self.default = options.sync == "always"
+        self.wal = options.wal
+        self.read_only = read_only
+
+    def check(self, sync: object) -> bool:
+        """Check an explicit ``sync=`` argument (True or False) for this engine."""
+        if check_sync(sync) and not self.wal and not self.read_only:
+            raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
+                                  "wal=False (its durability comes from elsewhere)")
+        return bool(sync)
+
+    def durable(self, sync: bool | None) -> bool:
+        """Whether a write with this ``sync=`` argument must be synced (None: the default)."""
+        return self.default if sync is None else self.check(sync)
 
 
 def prefix_bounds(prefix: bytes) -> tuple[bytes, bytes | None]:

@@ -21,8 +21,9 @@ Who owns what (each module's docstring has its invariants and lock rules):
   switches; ``tables.py`` builds and opens table files; ``obsolete.py``
   deletes every file the live set no longer needs.
 * ``recovery.py`` -- from the files on disk to a recovered state.
-* ``lifecycle.py`` -- open/closing/closed, the error that stopped writes,
-  the one teardown behind ``close()`` and ``simulate_crash()``.
+* ``lifecycle.py`` -- open/closing/closed, the start-up (recovery, or a
+  read-only view), the error that stopped writes, the one teardown behind
+  ``close()`` and ``simulate_crash()``.
 * ``local.py`` -- the transaction backend (certifier + pipeline).
 * ``stats.py`` -- ``stats()``.
 
@@ -32,7 +33,7 @@ never across I/O); ``Versions.manifest_lock`` and
 take no lock: they read ``visible_seq`` and then the superversion.
 
 A read-only engine (``read_only=True``) has no threads, WAL, manifest writer
-or LOCK: ``refresh()`` loads a new view under ``_refresh_lock`` and
+or LOCK: ``refresh()`` loads a new view under ``Lifecycle.refresh_lock`` and
 publishes the sequence *before* the superversion (a reader between the two
 sees the older view at the newer sequence: the older state, consistently).
 Snapshots and transactions pin the view they began in (``Versions.pinned``).
@@ -51,19 +52,18 @@ from engine.batch import (
     BatchContext,
     Buffer,
     RangeEnd,
+    SyncPolicy,
     WriteBatch,
     check_bound,
     check_entries,
     check_key,
     check_keys,
-    check_sync,
     check_value,
     scan_bounds,
 )
 from engine.block import Block
 from engine.cache import LRUCache
 from engine.commit import CommitEnv, CommitPipeline, Ops
-from engine.encoding import CLUSTER_DESCRIPTOR
 from engine.encoding import FileKind as FileKind  # re-exported: engine.db.FileKind
 from engine.encoding import file_name as file_name  # re-exported: engine.db.file_name
 from engine.errors import ClosedError, InvalidArgument
@@ -74,7 +74,6 @@ from engine.local import LocalTransactions as _LocalTransactions
 from engine.obsolete import ObsoleteFiles
 from engine.options import Options
 from engine.reads import Reader, Snapshot, SuperVersion, lookup, lookup_ranged
-from engine.recovery import load_read_only, recover
 from engine.retry import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
@@ -107,7 +106,6 @@ class Engine:
         self._fs = fs = fs or OSFileSystem()
         self._read_only = read_only
         self._mutex = threading.Lock()
-        self._refresh_lock = threading.Lock()  # read-only engines: one refresh at a time
         self._stats: Counter[str] = Counter()
         self._cache: LRUCache[Block] = LRUCache(opts.block_cache_bytes)
         self._files = TableFiles(fs, path, opts, self._cache,
@@ -121,30 +119,10 @@ class Engine:
                         failed=life.stop_writes, stopped=lambda: life.error is not None)
         self._commit = CommitPipeline(fs, path, self._mutex, env, self._certifier, self._stats)
         self._reader = Reader(opts, v, life.check_open)
-        self._default_sync = opts.sync == "always"
+        self._sync = SyncPolicy(opts, read_only=read_only)  # what sync= means here
         self._transactions = _LocalTransactions(opts, self._mutex, self._certifier, self._reader,
-                                                self._commit, v, life, self._durable)
-        if fs.exists(fs.join(path, CLUSTER_DESCRIPTOR)):
-            raise InvalidArgument(f"{path} holds a replicated cluster, not an engine store: "
-                                  f"open it with replication.open")
-        if read_only:
-            sv, last_seq, tables = load_read_only(fs, path, opts, self._files, {})
-            self._commit.reset(last_seq)
-            v.refresh(sv, last_seq, tables)
-            return
-        fs.mkdirs(path)
-        self._lock = fs.lock(fs.join(path, "LOCK"))
-        try:
-            rec = recover(fs, path, opts, self._files)
-            self._stats["wal_batches_replayed"] += rec.batches_replayed
-            self._commit.reset(rec.last_seq)  # every write up to here is on stable storage
-            v.start(rec, self._commit.open_wal if opts.wal else None)
-        except BaseException:
-            self._lock.release()
-            for t in v.tables.values():
-                t.close()
-            raise
-        bg.start(self._commit)
+                                                self._commit, v, life, self._sync.durable)
+        life.start_up(fs, opts, self._files, self._commit, v, bg, self._stats)
 
     # -- internals the tests look at, under the names they had before the split -------------
 
@@ -180,12 +158,12 @@ class Engine:
         """
         k = check_key(key, self.options)
         v = check_value(value, self.options)
-        self._write({k: v}, len(k) + len(v), sync=self._durable(sync), what="put")
+        self._write({k: v}, len(k) + len(v), sync=self._sync.durable(sync), what="put")
 
     def delete(self, key: Buffer, *, sync: bool | None = None) -> None:
         """Remove ``key`` (a no-op if absent); durable when it returns (``sync=`` as in put)."""
         k = check_key(key, self.options)
-        self._write({k: None}, len(k), sync=self._durable(sync), what="delete")
+        self._write({k: None}, len(k), sync=self._sync.durable(sync), what="delete")
 
     def delete_range(self, start: Buffer, end: Buffer, *, sync: bool | None = None) -> None:
         """Remove every key in ``[start, end)``, atomically, with one write (a range tombstone).
@@ -204,7 +182,7 @@ class Engine:
         hi = check_bound(end, "end", self.options)
         if not lo < hi:
             raise InvalidArgument(f"delete_range needs start < end, got {lo!r} >= {hi!r}")
-        durable = self._durable(sync)
+        durable = self._sync.durable(sync)
         self._lifecycle.refuse_read_only("delete_range")
         self._versions.range_deletes = True  # before the write can become visible
         self._write({lo: RangeEnd(hi)}, len(lo) + len(hi), sync=durable, what="delete_range")
@@ -215,7 +193,7 @@ class Engine:
         ``sync=`` overrides the store's default for this batch (see :meth:`put`).
         """
         if sync is not None:
-            self._sync_arg(sync)
+            self._sync.check(sync)
         self._lifecycle.refuse_read_only("batch")
         self._lifecycle.check_open()
         return BatchContext(self.options, lambda b, s: self.write(b, sync=s), sync)
@@ -224,7 +202,7 @@ class Engine:
         """Apply every operation of ``batch`` atomically (``sync=`` as in :meth:`put`)."""
         if not isinstance(batch, WriteBatch):
             raise TypeError(f"batch must be a WriteBatch, got {type(batch).__name__}")
-        durable = self._durable(sync)
+        durable = self._sync.durable(sync)
         self._lifecycle.refuse_read_only("write")
         if batch.ops:
             self._write(dict(batch.ops), batch.byte_size, sync=durable, what="write")
@@ -242,17 +220,6 @@ class Engine:
             self.flush()
             return
         self._commit.commit([], 0, None, sync=True, what="sync")
-
-    def _sync_arg(self, sync: object) -> bool:
-        """Check an explicit ``sync=`` argument (True or False) for this engine."""
-        if check_sync(sync) and not self.options.wal and not self._read_only:
-            raise InvalidArgument("sync=True needs the write-ahead log; this engine has "
-                                  "wal=False (its durability comes from elsewhere)")
-        return bool(sync)
-
-    def _durable(self, sync: bool | None) -> bool:
-        """Whether a write with this ``sync=`` argument must be synced (None: the default)."""
-        return self._default_sync if sync is None else self._sync_arg(sync)
 
     def apply(self, batch: WriteBatch, sequence: int) -> bool:
         """Apply ``batch`` at ``sequence`` chosen by the caller (a replication log index).
@@ -272,7 +239,7 @@ class Engine:
         run of committed log entries at once.
         """
         items, nbytes = check_entries(entries)
-        return self._commit.commit(items, nbytes, None, sync=self._default_sync, what="apply")
+        return self._commit.commit(items, nbytes, None, sync=self._sync.default, what="apply")
 
     def _write(self, ops: Ops, nbytes: int, *, txn: TxnState | None = None,
                sync: bool, what: str = "write") -> int:
@@ -365,17 +332,8 @@ class Engine:
             raise InvalidArgument("refresh() is for engines opened read_only=True; a writable "
                                   "engine always reads its latest state")
         self._lifecycle.check_open()
-        with self._refresh_lock:
-            sv, last_seq, tables = load_read_only(self._fs, self.path, self.options,
-                                                  self._files, self._versions.tables)
-            with self._mutex:
-                self._lifecycle.check_open()
-                # Sequence first, then tables: a lock-free reader between the two
-                # reads the newer sequence in the older view -- the older state,
-                # consistently -- never an old sequence in tables compacted since.
-                self._commit.reset(last_seq)
-                self._versions.refresh(sv, last_seq, tables)
-                self._stats["refreshes"] += 1
+        self._lifecycle.load_view(self._fs, self.options, self._files, self._commit,
+                                  self._versions, self._stats)
 
     # ------------------------------------------------------------------ transactions
 
@@ -389,7 +347,7 @@ class Engine:
         commit away), so it does not read around them.
         """
         if sync is not None:
-            self._sync_arg(sync)
+            self._sync.check(sync)
         state = self._transactions.begin(read_only=read_only)
         return Transaction(self._transactions, state, sync=sync)
 
@@ -445,9 +403,6 @@ class Engine:
         """
         self._lifecycle.refuse_read_only("checkpoint")
         self.flush()
-        self._fs.mkdirs(dest)
-        if self._fs.listdir(dest):
-            raise InvalidArgument(f"checkpoint directory {dest} is not empty")
         with self._background.compaction_lock:
             return self._versions.checkpoint(dest)
 
@@ -496,12 +451,8 @@ class Engine:
     def verify(self) -> VerifyReport:
         """Read and check every table block, the WAL and the manifest; return a report."""
         self._lifecycle.check_open()
-        v = self._versions
         with self._background.compaction_lock:  # no table is deleted while it is re-read
-            with self._mutex:
-                sv = v.sv
-                tables = [(f, v.tables[f.number]) for _, f in sv.version.files()]
-                log_number = (sv.imms[-1] if sv.imms else sv.mem).wal_number
+            tables, log_number = self._versions.live_tables()
             return verify_store(self._fs, self.path, tables, self.options.num_levels, log_number)
 
     def close(self) -> None:
@@ -521,11 +472,10 @@ class Engine:
     def _teardown(self, *, crash: bool) -> None:
         """The one teardown (engine/lifecycle.py) behind close() and simulate_crash()."""
         if self._read_only:
-            self._lifecycle.close_read_only(self._refresh_lock, self._versions)
+            self._lifecycle.close_read_only(self._versions)
             return
         self._lifecycle.shut_down(crash=crash, pipeline=self._commit,
-                                  background=self._background, versions=self._versions,
-                                  lock=self._lock)
+                                  background=self._background, versions=self._versions)
 
     def __enter__(self) -> Engine:
         return self

@@ -32,17 +32,9 @@ Model (Cahill, Röhm & Fekete 2008; Ports & Grittner 2012):
   ever dooms another. ``TxnState.doomed`` remains for :meth:`Certifier.expire`,
   which fails transactions older than ``max_txn_age_s`` (``too_old``).
 
-Lifecycle of a :class:`TxnState`::
-
-    begin --> ACTIVE --certify--> PENDING --committed--> COMMITTED
-                 |                   \\---abort (commit failed)--> ABORTED
-                 \\--abort / failure--> ABORTED
-
-PENDING ("certified, not yet visible") exists for the replicated leader,
-whose commits become visible only after the consensus log accepts them: a
-pending transaction's writes are invisible to readers but count for
-conflicts, and it is concurrent with every transaction that begins before it
-becomes visible.
+The lifecycle of a :class:`TxnState` (ACTIVE, PENDING, COMMITTED, ABORTED)
+is drawn in ``engine/txnstate.py``. PENDING (certified, not yet visible)
+counts for conflicts but not for readers.
 
 Invariants:
 
@@ -59,84 +51,29 @@ Invariants:
    transaction certified after its snapshot (serial order = commit order).
 
 Two rules every backend (the standalone engine, a replicated leader) must
-follow are implemented here once, so that neither carries its own copy:
+follow are implemented once, so that neither carries its own copy:
 :class:`BlindWrites` (when and how writes outside transactions are recorded
-and settled) and :meth:`Certifier.commit_empty` (committing a transaction
-that wrote nothing).
+and settled; ``engine/blindwrites.py``, re-exported here) and
+:meth:`Certifier.commit_empty` (committing a transaction that wrote nothing).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections import Counter, OrderedDict, deque
-from collections.abc import Collection, Iterable
-from enum import Enum
+from collections.abc import Iterable
 from typing import Literal
 
 from sortedcontainers import SortedDict
 
-from engine.errors import SerializationFailure, SerializationReason, TransactionClosed
+from engine.blindwrites import BlindWrite, BlindWrites
+from engine.errors import SerializationFailure, TransactionClosed
+from engine.txnstate import SERIALIZATION_REASONS, Status, TxnState
 
-__all__ = ["BlindWrite", "BlindWrites", "Certifier", "Status", "TxnState"]
-
-
-SERIALIZATION_REASONS = frozenset(
-    ("write_write", "dangerous_structure", "too_old", "doomed", "stale_read"))
-
-
-class Status(Enum):
-    ACTIVE = "active"
-    PENDING = "pending"
-    COMMITTED = "committed"
-    ABORTED = "aborted"
-
-
-class TxnState:
-    """The certifier's record of one transaction."""
-
-    __slots__ = (
-        "begin_stamp",
-        "begin_time",
-        "commit_seq",
-        "commit_stamp",
-        "doomed",
-        "in_edges",
-        "out_edges",
-        "range_writes",
-        "ranges",
-        "read_only",
-        "reads",
-        "snapshot",
-        "status",
-        "txn_id",
-        "writes",
-    )
-
-    def __init__(self, txn_id: int, snapshot: int, stamp: int, now: float,
-                 read_only: bool) -> None:
-        self.txn_id = txn_id
-        self.snapshot = snapshot
-        self.begin_stamp = stamp
-        self.begin_time = now
-        self.read_only = read_only
-        self.status = Status.ACTIVE
-        self.doomed: SerializationReason | None = None
-        self.commit_stamp = 0  # position in certification order, once certified
-        self.commit_seq: int | None = None  # sequence of its writes (None: read-only)
-        self.reads: set[bytes] = set()
-        self.ranges: list[tuple[bytes | None, bytes | None]] = []
-        self.writes: frozenset[bytes] = frozenset()
-        self.range_writes: tuple[tuple[bytes, bytes], ...] = ()  # delete_range, blind only
-        self.in_edges: set[TxnState] = set()
-        self.out_edges: set[TxnState] = set()
-
-    @property
-    def certified(self) -> bool:
-        return self.status is Status.PENDING or self.status is Status.COMMITTED
-
-    def __repr__(self) -> str:
-        return (f"TxnState(id={self.txn_id}, snap={self.snapshot}, {self.status.value}, "
-                f"commit_seq={self.commit_seq})")
+# BlindWrite(s), Status, TxnState and SERIALIZATION_REASONS live in their own modules;
+# engine.ssi is the import path the backends and tests use.
+__all__ = ["SERIALIZATION_REASONS", "BlindWrite", "BlindWrites", "Certifier", "Status",
+           "TxnState"]
 
 
 def _in_range(key: bytes, lo: bytes | None, hi: bytes | None) -> bool:
@@ -543,117 +480,3 @@ class Certifier:
             # consulted again, so release them.
             t.in_edges.clear()
             t.out_edges.clear()
-
-
-class BlindWrite:
-    """One write outside any transaction, from :meth:`BlindWrites.submit` until settled.
-
-    ``state`` is its certifier record once it has one: at submit if the
-    certifier was tracking, else from the first :meth:`BlindWrites.on_begin`
-    whose snapshot could not see it; None if it never needed one. Fields
-    belong to the registry (caller holds its lock).
-    """
-
-    __slots__ = ("keys", "ranges", "seq", "settled", "state")
-
-    def __init__(self, seq: int, keys: Collection[bytes],
-                 ranges: tuple[tuple[bytes, bytes], ...]) -> None:
-        self.seq = seq
-        self.keys = keys
-        self.ranges = ranges
-        self.state: TxnState | None = None
-        self.settled = False
-
-    def __repr__(self) -> str:
-        return f"BlindWrite(seq={self.seq}, state={self.state}, settled={self.settled})"
-
-
-class BlindWrites:
-    """The rule for writes outside transactions (puts, batches): recorded when it matters.
-
-    A blind write a transaction cannot see must be known to the certifier
-    (a transaction reading a key it overwrites needs the rw-edge; one
-    writing that key must lose first-committer-wins). Recording every put
-    would make puts pay for transactions nobody runs, so a write is recorded
-    at once only while the certifier tracks something, and otherwise kept
-    *pending* until the next transaction begins. Pure, like the certifier:
-    the caller holds the lock that serialises its certifier for every call
-    and passes the time in.
-
-    Protocol:
-
-    * :meth:`submit` in the critical section that gives the write its
-      sequence (and, replicated, hands it to the log).
-    * :meth:`on_begin` in the critical section that takes a new
-      transaction's snapshot, before :meth:`Certifier.begin`: every pending
-      write the snapshot cannot see (``seq > snapshot``) is recorded now;
-      the others are in this snapshot and in every later one.
-    * :meth:`settle` once per write when its fate is known: committed once
-      it is visible to every snapshot taken from then on, aborted once it
-      is lost. Settling a pending write as committed before it is visible
-      would put it in neither the snapshot nor the certifier.
-
-    Invariants (given snapshots that never decrease and the rules above):
-
-    1. At every :meth:`on_begin`, each unsettled write is visible to the
-       snapshot or recorded with the certifier -- never in neither.
-    2. Every state this registry records is settled through it: once every
-       write is settled nothing is pending and the certifier holds no state
-       of a blind write.
-    3. Writes are recorded in submit order, which is sequence order
-       (ssi.py invariant 1).
-    """
-
-    __slots__ = ("_certifier", "_pending")
-
-    def __init__(self, certifier: Certifier) -> None:
-        self._certifier = certifier
-        self._pending: dict[BlindWrite, None] = {}  # insertion (= sequence) order
-
-    @property
-    def pending(self) -> int:
-        """Writes submitted while nothing was tracked, not yet seen by a begin or settled."""
-        return len(self._pending)
-
-    def submit(self, seq: int, keys: Collection[bytes], now: float,
-               ranges: tuple[tuple[bytes, bytes], ...] = ()) -> BlindWrite:
-        """A write of ``keys`` (and ``delete_range`` ``ranges``) at ``seq``; its handle.
-
-        ``keys`` is kept as given until it is recorded: the caller must not
-        change it (the engine and the leader pass the batch's own dict).
-        """
-        w = BlindWrite(seq, keys, ranges)
-        if self._certifier.tracking:
-            w.state = self._certifier.record_blind_write(keys, seq, now, ranges)
-            w.keys = ()
-        else:
-            self._pending[w] = None
-        return w
-
-    def on_begin(self, snapshot: int, now: float) -> None:
-        """A snapshot at ``snapshot`` is being taken: record the pending writes it cannot see."""
-        if not self._pending:
-            return
-        certifier = self._certifier
-        for w in self._pending:
-            if w.seq > snapshot:
-                w.state = certifier.record_blind_write(w.keys, w.seq, now, w.ranges)
-            w.keys = ()
-        self._pending.clear()
-
-    def settle(self, w: BlindWrite, committed: bool, *, reason: str = "lost") -> None:
-        """``w`` is visible to every new snapshot (``committed``) or lost; forget it.
-
-        ``reason`` is the rollback reason counted for a lost write. Settling
-        twice is a no-op.
-        """
-        if w.settled:
-            return
-        w.settled = True
-        self._pending.pop(w, None)
-        w.keys = ()
-        if w.state is not None:
-            if committed:
-                self._certifier.committed(w.state)
-            else:
-                self._certifier.abort(w.state, reason)

@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from engine.encoding import FileKind, file_name
+from engine.errors import InvalidArgument
 from engine.fs import FileSystem
 from engine.manifest import Manifest
 from engine.memtable import MemTable
@@ -43,7 +44,7 @@ from engine.reads import SuperVersion
 from engine.recovery import Recovered
 from engine.sstable import Table
 from engine.tables import TableFiles
-from engine.version import Version, VersionEdit
+from engine.version import FileMeta, Version, VersionEdit
 
 __all__ = ["Versions"]
 
@@ -185,13 +186,28 @@ class Versions:
             sv = self.sv
             self.publish(sv.mem, sv.imms, sv.version.apply(edit))
 
+    def live_tables(self) -> tuple[list[tuple[FileMeta, Table]], int]:
+        """Every table of the current version, open; the first WAL number recovery would replay.
+
+        For ``verify()``, whose caller holds the compaction lock so that no
+        table is deleted while it is re-read. Takes _mutex.
+        """
+        with self._mutex:
+            sv = self.sv
+            tables = [(f, self.tables[f.number]) for _, f in sv.version.files()]
+            return tables, (sv.imms[-1] if sv.imms else sv.mem).wal_number
+
     def checkpoint(self, dest: str) -> int:
         """Link every live table into ``dest`` and write a manifest naming them; its sequence.
 
-        The caller flushed first and holds the compaction lock (no table is
-        deleted meanwhile); this takes manifest_lock, so no version changes.
+        ``dest`` must be new or empty (else InvalidArgument). The caller
+        flushed first and holds the compaction lock (no table is deleted
+        meanwhile); this takes manifest_lock, so no version changes.
         """
         fs = self._fs
+        fs.mkdirs(dest)
+        if fs.listdir(dest):
+            raise InvalidArgument(f"checkpoint directory {dest} is not empty")
         with self.manifest_lock:
             with self._mutex:
                 version = self.sv.version
