@@ -223,3 +223,24 @@ def test_a_corrupted_snapshot_file_is_not_installed(tmp_path: Path) -> None:
             SnapshotInfo.from_wire({**info.to_wire(), "checksum": info.checksum ^ 1})
     finally:
         src.close()
+
+
+def test_the_offline_log_replay_applies_a_retried_request_once(tmp_path: Path) -> None:
+    """The history checks replay a node's log: a client's retry that landed after another
+    client's write must not win there either (it did not on the replicas). The replay once
+    applied every copy and reported a replica that was right as diverged."""
+    from bench.nemesis.cluster import applied_log, apply_log
+    from replication.consensus import LogEntry
+    from replication.log_store import NodeLog
+
+    a, b = Session(b"a" * 16, 1), Session(b"b" * 16, 1)
+    nlog = NodeLog(OSFileSystem(), str(tmp_path / "log"), 0)
+    nlog.append([LogEntry(1, 1, b""),
+                 LogEntry(2, 1, encode_command(b"t" * 16, {b"r": b"a1"}, a)),
+                 LogEntry(3, 1, encode_command(b"u" * 16, {b"r": b"b1"}, b)),
+                 LogEntry(4, 2, encode_command(b"v" * 16, {b"r": b"a1"}, a))])  # a's retry
+    nlog.sync()
+    nlog.close()
+    log = applied_log(tmp_path / "log", 0, 4)
+    assert [i for i, _ in log] == [2, 3, 4] and log[2][1] == {}
+    assert apply_log(log) == {b"r": b"b1"}

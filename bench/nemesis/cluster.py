@@ -30,10 +30,11 @@ from replication.cluster import DEFAULT_ENGINE_OPTIONS
 from replication.command import decode_command
 from replication.log_store import NodeLog
 from replication.processes import ChildNode, free_ports, start_node, stop_nodes
-from replication.sessions import INTERNAL_PREFIX
+from replication.sessions import INTERNAL_PREFIX, resolve_sessions
 from replication.transport.tcp import Address, format_address
 
-__all__ = ["FAST_ELECTIONS", "LIVENESS_S", "ProcCluster", "apply_log", "node_name"]
+__all__ = ["FAST_ELECTIONS", "LIVENESS_S", "ProcCluster", "applied_log", "apply_log",
+           "node_name"]
 
 # Fast elections for tests; a CI machine is slow and loaded, so not too fast.
 FAST_ELECTIONS = ("--election-timeout-ms", "400", "--heartbeat-ms", "40")
@@ -169,14 +170,27 @@ class ProcCluster:
         return state
 
     def committed_log(self, node: int, upto: int) -> Log:
-        """The decoded log entries 1..``upto`` of node ``node`` (no-ops left out)."""
-        nlog = NodeLog(OSFileSystem(), str(self.base / f"node-{node}" / "log"), node)
-        try:
-            entries = nlog.read(nlog.base_index + 1, upto)
-        finally:
-            nlog.close()
-        return [(e.index, dict(decode_command(e.payload, index=e.index).batch.ops))
+        """Node ``node``'s log entries 1..``upto`` as applied (see :func:`applied_log`)."""
+        return applied_log(self.base / f"node-{node}" / "log", node, upto)
+
+
+def applied_log(log_dir: Path, node: int, upto: int) -> Log:
+    """The log entries 1..``upto`` in ``log_dir`` as a replica applies them: no-ops left out,
+    a repeat of a client session's request empty (replication.sessions: a client's retry
+    after a lost answer is in the log twice but applies once), and the session table's own
+    keys left out (replica_state leaves them out too)."""
+    nlog = NodeLog(OSFileSystem(), str(log_dir), node)
+    try:
+        if nlog.base_index:
+            raise ValueError(f"node {node}'s log was compacted up to {nlog.base_index}: it "
+                             f"no longer tells the whole state")
+        entries = nlog.read(1, upto)
+    finally:
+        nlog.close()
+    commands = [(e.index, decode_command(e.payload, index=e.index))
                 for e in entries if e.payload]
+    return [(index, {k: v for k, v in batch.ops.items() if not k.startswith(INTERNAL_PREFIX)})
+            for index, batch in resolve_sessions(commands, lambda _: None)]
 
 
 def apply_log(log: Log) -> dict[bytes, bytes]:
