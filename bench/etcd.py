@@ -160,12 +160,26 @@ class EtcdCluster:
             for i in range(len(self.members)):
                 self.start_member(i)
             if self.wait_for_leader(timeout) is None:
-                raise RuntimeError(f"etcd elected no leader in {timeout:.0f} s; see the "
-                                   f"m<i>.log files in {self.base_dir}")
+                raise RuntimeError(f"etcd elected no leader in {timeout:.0f} s; the end of "
+                                   f"its logs:\n{self.log_tails()}")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def log_tails(self, lines: int = 5) -> str:
+        """The last ``lines`` lines of each member's log, exit status first (for errors)."""
+        out = []
+        for m in self.members:
+            code = None if m.process is None else m.process.poll()
+            try:
+                with open(os.path.join(self.base_dir, f"{m.name}.log"), "rb") as f:
+                    tail = f.read().decode(errors="replace").splitlines()[-lines:]
+            except OSError as exc:
+                tail = [repr(exc)]
+            out.append(f"{m.name} ({'running' if code is None else f'exited {code}'}):")
+            out += [f"  {line[:300]}" for line in tail]
+        return "\n".join(out)
 
     def status(self, i: int, timeout: float = 1.0) -> dict[str, Any] | None:
         """Member ``i``'s ``/v3/maintenance/status``, or None if it does not answer."""

@@ -117,12 +117,18 @@ class _StrataServers:
 
 
 def _start(cfg: Config) -> _Servers:
-    """Start the 3-node cluster of ``cfg.system`` and wait for a leader."""
+    """Start the 3-node cluster of ``cfg.system`` and wait for a leader.
+
+    Its data goes inside ``cfg.path``, which the runner removes after each
+    measurement: a repeat or a longer calibrated run starts from empty
+    directories (etcd would not even start on a previous run's data, whose
+    members listened on other ports).
+    """
     if cfg.system == "etcd":
         from bench.etcd import EtcdCluster
 
-        return EtcdCluster(cfg.path + "-etcd").start()
-    servers = _StrataServers(cfg.path + "-procs")
+        return EtcdCluster(os.path.join(cfg.path, "etcd")).start()
+    servers = _StrataServers(os.path.join(cfg.path, "procs"))
     if servers.wait_for_leader(30.0) is None:
         servers.stop()
         raise RuntimeError("the 3-process cluster elected no leader in 30 s")

@@ -287,11 +287,16 @@ NETWORK_PEERS: dict[str, str] = {
 }
 
 
+def on_path(binary: str) -> bool:
+    """Whether ``binary`` is an executable on PATH (a network peer's server)."""
+    return shutil.which(binary) is not None
+
+
 def available_systems(wanted: Iterable[str] | None = None) -> list[str]:
     """stratakv and sqlite3 always; lmdb and rocksdb when their bindings are installed;
     etcd when its binary is on PATH."""
     names = [n for n in SYSTEMS if n not in _MODULES or importlib.util.find_spec(_MODULES[n])]
-    names += [n for n in NETWORK_PEERS if shutil.which(n)]
+    names += [n for n in NETWORK_PEERS if on_path(n)]
     if wanted is not None:
         wanted = set(wanted)
         names = [n for n in names if n in wanted]

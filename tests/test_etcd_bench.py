@@ -34,7 +34,7 @@ def _alive(pid: int) -> bool:
 
 def test_without_an_etcd_binary_etcd_is_left_out(monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(systems.shutil, "which", lambda name: None)
+    monkeypatch.setattr(systems, "on_path", lambda binary: False)
     assert "etcd" not in systems.available_systems()
     with pytest.raises(SystemExit) as exc:
         cli.parse_args(["--systems", "stratakv,etcd"])
