@@ -16,7 +16,7 @@ from importlib import metadata
 from typing import Any, TypeVar
 
 from bench.report import Row, combine_runs, render_table, write_results
-from bench.systems import SYSTEMS, available_systems
+from bench.systems import NETWORK_PEERS, SYSTEMS, available_systems
 from bench.workloads import WORKLOADS, Config
 
 # Which pip extra provides each optional peer.
@@ -32,11 +32,12 @@ SUITES = {
 
 def _child(workload: str, system: str, cfg: dict[str, Any], path: str) -> dict[str, Any]:
     """Run one workload on one system (in a fresh process); return the raw measurement."""
-    config = Config(**{**cfg, "path": path})
-    factory = SYSTEMS[system]
+    config = Config(**{**cfg, "path": path, "system": system})
 
     def make(durable: bool, **options: Any) -> Any:
-        return factory(path, durable, options if system == "stratakv" else None)
+        if system not in SYSTEMS:
+            raise RuntimeError(f"{system} runs only the workloads on server processes")
+        return SYSTEMS[system](path, durable, options if system == "stratakv" else None)
 
     m = WORKLOADS[workload].run(make, config)
     return {"ops": m.ops, "seconds": m.seconds, "latencies_us": m.latencies_us[:200_000],
@@ -71,7 +72,8 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark stratakv side by side with sqlite3 (and lmdb / RocksDB when "
-                    "installed: pip install 'stratakv[peers]'). '--list' lists the workloads. "
+                    "installed: pip install 'stratakv[peers]'; etcd on the proc_* workloads "
+                    "when an etcd binary is on PATH). '--list' lists the workloads. "
                     "Subcommand: 'python -m bench crash --help' for the crash-recovery "
                     "torture test.")
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick",
@@ -83,7 +85,8 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=_positive, help="client threads for the concurrent "
                                                           "workloads (default 16)")
     parser.add_argument("--systems", default=None,
-                        help="comma-separated subset of: " + ", ".join(SYSTEMS))
+                        help="comma-separated subset of: "
+                             + ", ".join([*SYSTEMS, *NETWORK_PEERS]))
     parser.add_argument("--values", choices=["compressible", "random"], default="compressible",
                         help="100-byte values that compress about 2:1 (db_bench's) or random")
     parser.add_argument("--out", default="bench-results",
@@ -104,15 +107,17 @@ def parse_args(argv: Iterable[str] | None) -> argparse.Namespace:
     args = parser.parse_args(list(argv) if argv is not None else None)
     if args.systems:
         wanted = args.systems.split(",")
-        unknown = set(wanted) - set(SYSTEMS)
+        unknown = set(wanted) - set(SYSTEMS) - set(NETWORK_PEERS)
         if unknown:
             parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
         missing = [s for s in wanted if s not in available_systems([s])]
         if missing:
-            extras = sorted({EXTRAS[s] for s in missing})
+            extras = sorted({EXTRAS[s] for s in missing if s in EXTRAS})
+            hints = ([("pip install " + " ".join(f"'stratakv[{e}]'" for e in extras))]
+                     if extras else []) + [NETWORK_PEERS[s] for s in missing
+                                           if s in NETWORK_PEERS]
             parser.error(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
-                         "installed: pip install "
-                         + " ".join(f"'stratakv[{e}]'" for e in extras))
+                         "installed: " + "; ".join(hints))
     if args.min_seconds is not None and not args.min_seconds >= 0:
         parser.error(f"--min-seconds must be >= 0, got {args.min_seconds}")
     if args.dir is not None and not os.path.isdir(args.dir):
@@ -138,8 +143,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         width = max(len(name) for name in WORKLOADS)
         units = max(len(w.unit) for w in WORKLOADS.values())
         for workload in WORKLOADS.values():
-            tags = ", ".join(t for t, on in (("durable: repeated", workload.durable),
-                                              ("stratakv only", not workload.peers)) if on)
+            tags = ", ".join(t for t, on in (
+                ("durable: repeated", workload.durable),
+                ("stratakv only", not workload.peers and not workload.network),
+                ("stratakv and " + ", ".join(NETWORK_PEERS), workload.network)) if on)
             print(f"{workload.name:{width}}  {workload.unit:{units}}  {workload.description}"
                   + (f" [{tags}]" if tags else ""))
         return 0
@@ -161,7 +168,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     # so that a slow spell of the disk hits every system alike.
     steps = [(w, s, rep) for w in names
              for rep in range(cfg.repeats if WORKLOADS[w].durable else 1)
-             for s in systems if s == "stratakv" or WORKLOADS[w].peers]
+             for s in systems if WORKLOADS[w].runs_on(s)]
     print(f"stratakv benchmark: suite={args.suite} keys={cfg.keys:,} systems={', '.join(systems)}"
           f" workloads={len(names)}", flush=True)
     ctx = multiprocessing.get_context("spawn")
@@ -212,6 +219,10 @@ def main(argv: Iterable[str] | None = None) -> int:
     for mod, dist in (("lmdb", "lmdb"), ("rocksdb", "rocksdict")):
         if mod in systems:
             versions[dist] = metadata.version(dist)
+    if "etcd" in systems:
+        from bench.etcd import etcd_version
+
+        versions["etcd"] = etcd_version()
     paths = write_results(args.out, rows, peers,
                           {**asdict(cfg), "systems": systems, "interrupted": interrupted},
                           versions)

@@ -1,35 +1,59 @@
 """``python -m bench crash``: kill a writer with SIGKILL at random moments, check every ack.
 
-A *worker* process opens a store and runs random work from several threads,
-printing one acknowledgement line per operation *after* it returned:
+A *worker* process opens a store and runs random work from several threads
+(thread ``t``, operation ``i`` of run ``r`` has the id ``r.t.i``), writing
+one report line per operation *after* it returned:
 
-* ``B <id> <n>``  a batch of ``n`` keys ``batch/<id>/<j>`` plus ``batchn/<id>``;
-* ``T <id>``      a transfer transaction between two of the ``ACCOUNTS``
-  accounts, with a journal key ``xfer/<id>``;
-* ``C <k> <v>``   a read-increment-write transaction took counter ``k`` to ``v``.
+* ``B <id> <slot> <n>``  a batch that rewrote slot ``<slot>`` of its thread:
+  keys ``batch/<t>/<slot>/<j>`` for ``j < n`` (values start with the id),
+  the slot's other keys deleted, and ``batchn/<t>/<slot>`` = ``<id> <n>``;
+* ``T <id>``             a transfer transaction between two of the
+  ``ACCOUNTS`` accounts that also sets the thread's journal ``xfer/<t>`` to
+  the id;
+* ``C <id> <k> <v>``     a read-increment-write transaction took counter
+  ``k`` to ``v``;
+* ``A <id> <kind> <where>`` (cluster only) the outcome is unknown
+  (AmbiguousCommit): it may or may not be there -- whole; ``U <id>`` it
+  failed with ``Unavailable`` and is not there.
 
-The parent reads acknowledgements through a pipe, kills the worker, reopens
-the store itself, and checks:
+Workers overwrite a bounded key space, so the store stays small however
+long the run, and every check reads the *whole* store: the cost of a kill
+does not grow with the kills before it.
 
-1. every acknowledged batch is there in full, and no batch is partly there;
-2. the accounts always sum to ``ACCOUNTS * OPENING_BALANCE``;
-3. every acknowledged transfer's journal key exists;
+The parent reads the reports through a pipe, kills the worker, reopens the
+store itself, and checks:
+
+1. every batch slot is whole: exactly the ``n`` keys its ``batchn`` key
+   names, each written by that batch -- no batch is partly there;
+2. every slot and journal holds its last acknowledged operation, or a later
+   one of the same thread that was still in flight (at most one per thread:
+   it ran after the thread's last report) or ambiguous -- nothing
+   acknowledged is lost, nothing reappears from an earlier run;
+3. the accounts always sum to ``ACCOUNTS * OPENING_BALANCE``;
 4. each counter is at least its highest acknowledged value, at most that plus
    the number of worker threads (one unacknowledged increment in flight per
    thread), and never goes backwards across kills;
 5. ``verify()`` finds nothing wrong.
 
-The first violation stops the run with exit status 1 and the seed that
-reproduces it. Options are tiny so that flushes and compactions run all the
-time and kills land in the middle of them.
+What a check finds becomes the known state for the next run. The first
+violation stops the run with exit status 1 and the seed that reproduces it.
+Options are tiny so that flushes and compactions run all the time and kills
+land in the middle of them.
+
+Workers are forked from the parent, which has already imported the engine
+(and, for the cluster target, ``replication``): a kill costs a fork, the
+store's recovery and the check, not a fresh interpreter's imports, which
+is what brings the loop past 3 kills a second on two cores. The parent runs
+no thread of its own when it forks (the pipe reader of the previous run has
+been joined and the checked store closed). Each worker is a separate
+process killed with a real ``SIGKILL``.
 
 ``--target cluster`` runs the same work through a 3-node
 :class:`replication.KeyValueStore` whose worker also crashes and restarts
 single nodes (the leader included) while it runs; the parent kills the whole
 process and reopens the cluster. Replica engines keep no WAL of their own, so
 this is what proves that the consensus log alone brings back every
-acknowledged transaction. An operation whose outcome is ambiguous
-(AmbiguousCommit) is reported as such and may or may not be there -- whole.
+acknowledged transaction.
 """
 
 from __future__ import annotations
@@ -40,20 +64,23 @@ import queue
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
 import engine
+from replication import AmbiguousCommit, Unavailable
 
 ACCOUNTS = 16
 OPENING_BALANCE = 1000
 COUNTERS = 8
+SLOTS = 16  # batch slots per worker thread
+BATCH_KEYS = 6  # a batch writes 1..BATCH_KEYS keys of its slot and deletes the others
 
 _WORKER_OPTIONS: dict[str, Any] = {
     "memtable_bytes": 64 * 1024, "block_bytes": 1024, "target_file_bytes": 16 * 1024,
@@ -67,8 +94,8 @@ _WORKER_OPTIONS: dict[str, Any] = {
 class _Ops(Protocol):
     """The three kinds of work, over an engine or a cluster."""
 
-    def batch(self, items: dict[str, str]) -> None: ...
-    def transfer(self, src: int, dst: int, amount: int, op_id: str) -> None: ...
+    def batch(self, puts: dict[str, str], deletes: list[str]) -> None: ...
+    def transfer(self, src: int, dst: int, amount: int, journal: str, op_id: str) -> None: ...
     def increment(self, k: int) -> int: ...
 
 
@@ -80,14 +107,16 @@ class _EngineOps:
                 for a in range(ACCOUNTS):
                     b.put(b"acct/%02d" % a, b"%d" % OPENING_BALANCE)
 
-    def batch(self, items: dict[str, str]) -> None:
+    def batch(self, puts: dict[str, str], deletes: list[str]) -> None:
         with self.db.batch() as b:
-            for k, v in items.items():
+            for k, v in puts.items():
                 b.put(k.encode(), v.encode())
+            for k in deletes:
+                b.delete(k.encode())
 
-    def transfer(self, src: int, dst: int, amount: int, op_id: str) -> None:
+    def transfer(self, src: int, dst: int, amount: int, journal: str, op_id: str) -> None:
         def body(tx: engine.Transaction) -> None:
-            _transfer(tx.get, tx.put, src, dst, amount, op_id)
+            _transfer(tx.get, tx.put, src, dst, amount, journal, op_id)
         self.db.run_transaction(body, max_retries=1000)
 
     def increment(self, k: int) -> int:
@@ -104,16 +133,18 @@ class _ClusterOps:
                 for a in range(ACCOUNTS):
                     tx.put(f"acct/{a:02d}", str(OPENING_BALANCE))
 
-    def batch(self, items: dict[str, str]) -> None:
+    def batch(self, puts: dict[str, str], deletes: list[str]) -> None:
         def body(tx: Any) -> None:
-            for k, v in items.items():
+            for k, v in puts.items():
                 tx.put(k, v)
+            for k in deletes:
+                tx.delete(k)
         self.store.run_transaction(body, max_retries=1000)
 
-    def transfer(self, src: int, dst: int, amount: int, op_id: str) -> None:
+    def transfer(self, src: int, dst: int, amount: int, journal: str, op_id: str) -> None:
         def body(tx: Any) -> None:
             _transfer(lambda k: _b(tx.get(k.decode())), lambda k, v: tx.put(k.decode(),
-                      v.decode()), src, dst, amount, op_id)
+                      v.decode()), src, dst, amount, journal, op_id)
         self.store.run_transaction(body, max_retries=1000)
 
     def increment(self, k: int) -> int:
@@ -129,14 +160,14 @@ def _b(v: str | None) -> bytes | None:
 
 
 def _transfer(get: Callable[[bytes], bytes | None], put: Callable[[bytes, bytes], None],
-              src: int, dst: int, amount: int, op_id: str) -> None:
+              src: int, dst: int, amount: int, journal: str, op_id: str) -> None:
     """Move ``amount`` between two accounts if covered; journal the transfer either way."""
     a = int(get(b"acct/%02d" % src) or 0)
     b = int(get(b"acct/%02d" % dst) or 0)
     if a >= amount:
         put(b"acct/%02d" % src, b"%d" % (a - amount))
         put(b"acct/%02d" % dst, b"%d" % (b + amount))
-    put(f"xfer/{op_id}".encode(), b"1")
+    put(journal.encode(), op_id.encode())
 
 
 def _increment(get: Callable[[bytes], bytes | None], put: Callable[[bytes, bytes], None],
@@ -146,14 +177,18 @@ def _increment(get: Callable[[bytes], bytes | None], put: Callable[[bytes, bytes
     return v
 
 
-def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str) -> None:
-    """Run random work from ``threads`` threads, printing one line per acknowledgement."""
+def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str,
+            out: IO[str]) -> None:
+    """Run random work from ``threads`` threads, writing one line per report to ``out``.
+
+    Never returns: the parent kills the process.
+    """
     out_lock = threading.Lock()
 
-    def ack(line: str) -> None:
+    def report(line: str) -> None:
         with out_lock:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
+            out.write(line + "\n")
+            out.flush()
 
     ops: _Ops
     cluster = None
@@ -164,11 +199,9 @@ def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str
         ops = _ClusterOps(cluster.store())
     else:
         ops = _EngineOps(engine.open(path, sync=sync, **_WORKER_OPTIONS))
-    ack("READY")
+    report("READY")
 
     def loop(tid: int) -> None:
-        from replication import AmbiguousCommit, Unavailable
-
         rng = random.Random(seed * 1000 + tid)
         i = 0
         while True:
@@ -177,22 +210,27 @@ def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str
             r = rng.random()
             try:
                 if r < 0.4:
-                    n = rng.randint(1, 6)
-                    items = {f"batch/{op_id}/{j}": rng.randbytes(rng.randint(5, 100)).hex()
-                             for j in range(n)}
-                    items[f"batchn/{op_id}"] = str(n)
-                    ops.batch(items)
-                    ack(f"B {op_id} {n}")
+                    kind, where = "B", rng.randrange(SLOTS)
+                    n = rng.randint(1, BATCH_KEYS)
+                    base = f"{tid}/{where:02d}"
+                    puts = {f"batch/{base}/{j}":
+                            f"{op_id}:{rng.randbytes(rng.randint(2, 50)).hex()}"
+                            for j in range(n)}
+                    puts[f"batchn/{base}"] = f"{op_id} {n}"
+                    ops.batch(puts, [f"batch/{base}/{j}" for j in range(n, BATCH_KEYS)])
+                    report(f"B {op_id} {where} {n}")
                 elif r < 0.7:
+                    kind, where = "T", tid
                     src, dst = rng.sample(range(ACCOUNTS), 2)
-                    ops.transfer(src, dst, rng.randint(1, 100), op_id)
-                    ack(f"T {op_id}")
+                    ops.transfer(src, dst, rng.randint(1, 100), f"xfer/{tid}", op_id)
+                    report(f"T {op_id}")
                 else:
-                    k = rng.randrange(COUNTERS)
-                    ack(f"C {k} {ops.increment(k)}")
+                    kind, where = "C", rng.randrange(COUNTERS)
+                    report(f"C {op_id} {where} {ops.increment(where)}")
             except AmbiguousCommit:
-                ack(f"A {op_id}" + (f" {k}" if r >= 0.7 else ""))
+                report(f"A {op_id} {kind} {where}")
             except Unavailable:
+                report(f"U {op_id}")
                 time.sleep(0.01)
 
     for t in range(threads):
@@ -212,32 +250,78 @@ def _worker(target: str, path: str, seed: int, run: int, threads: int, sync: str
 
 
 @dataclass
+class Known:
+    """What one batch slot or journal key may hold: its known state, or an ambiguous later one."""
+
+    certain: str | None = None  # the last acknowledged (or checked) operation id; None: empty
+    maybe: set[str] = field(default_factory=set)  # ambiguous operations since
+
+
+def _op(op_id: str) -> tuple[int, int, int]:
+    run, tid, i = op_id.split(".")
+    return int(run), int(tid), int(i)
+
+
+@dataclass
 class Model:
     """What the parent knows was acknowledged, across every run."""
 
-    batches: dict[str, int] = field(default_factory=dict)
-    transfers: set[str] = field(default_factory=set)
+    slots: dict[tuple[int, int], Known] = field(default_factory=dict)  # (thread, slot)
+    journals: dict[int, Known] = field(default_factory=dict)  # thread -> xfer/<thread>
     counters: dict[int, int] = field(default_factory=dict)
     seen_counters: dict[int, int] = field(default_factory=dict)
     ambiguous_counters: dict[int, int] = field(default_factory=dict)
     ambiguous: int = 0
+    run: int = 0
+    reported: dict[int, int] = field(default_factory=dict)  # this run: thread -> last i reported
+
+    def begin_run(self, run: int) -> None:
+        self.run = run
+        self.reported = {}
 
     def ack(self, line: str) -> None:
         parts = line.split()
         if not parts or parts[0] == "READY":
             return
+        op_id = parts[1]
+        run, tid, i = _op(op_id)
+        if run == self.run:
+            self.reported[tid] = max(self.reported.get(tid, 0), i)
         if parts[0] == "B":
-            self.batches[parts[1]] = int(parts[2])
+            self.slots[tid, int(parts[2])] = Known(op_id)
         elif parts[0] == "T":
-            self.transfers.add(parts[1])
+            self.journals[tid] = Known(op_id)
         elif parts[0] == "C":
-            k, v = int(parts[1]), int(parts[2])
+            k, v = int(parts[2]), int(parts[3])
             self.counters[k] = max(self.counters.get(k, 0), v)
         elif parts[0] == "A":  # outcome unknown: may be there (whole) or not
             self.ambiguous += 1
-            if len(parts) > 2:
-                k = int(parts[2])
-                self.ambiguous_counters[k] = self.ambiguous_counters.get(k, 0) + 1
+            kind, where = parts[2], int(parts[3])
+            if kind == "B":
+                self.slots.setdefault((tid, where), Known()).maybe.add(op_id)
+            elif kind == "T":
+                self.journals.setdefault(tid, Known()).maybe.add(op_id)
+            else:
+                self.ambiguous_counters[where] = self.ambiguous_counters.get(where, 0) + 1
+
+    def in_flight(self, op_id: str) -> bool:
+        """Whether ``op_id`` may have been running unreported when this run's worker died."""
+        run, tid, i = _op(op_id)
+        return run == self.run and i > self.reported.get(tid, 0)
+
+    def settle(self, what: str, known: Known, stored: str | None) -> list[str]:
+        """Check ``stored`` against ``known``, then make it the known state."""
+        problems = []
+        if stored != known.certain and stored not in known.maybe and not (
+                stored is not None and self.in_flight(stored)):
+            if stored is None:
+                problems.append(f"acknowledged {what} {known.certain} is missing")
+            elif known.certain is None:
+                problems.append(f"{what} {stored} was never acknowledged nor in flight")
+            else:
+                problems.append(f"acknowledged {what} {known.certain} is lost: holds {stored}")
+        known.certain, known.maybe = stored, set()
+        return problems
 
 
 def check_view(get: Callable[[bytes], bytes | None],
@@ -249,25 +333,34 @@ def check_view(get: Callable[[bytes], bytes | None],
     unacknowledged (threads, plus ambiguous outcomes).
     """
     problems: list[str] = []
-    present: dict[str, int] = {}
-    for key, _ in scan(b"batch/", b"batch0"):
-        op_id = key.decode().split("/")[1]
-        present[op_id] = present.get(op_id, 0) + 1
-    declared = {k.decode().split("/")[1]: int(v) for k, v in scan(b"batchn/", b"batchn0")}
-    for op_id, n in declared.items():
-        if present.get(op_id, 0) != n:
-            problems.append(f"batch {op_id}: {present.get(op_id, 0)} of {n} keys present")
-    for op_id in present.keys() - declared.keys():
-        problems.append(f"batch {op_id}: keys present without its batchn key")
-    for op_id, n in model.batches.items():
-        if declared.get(op_id) != n:
-            problems.append(f"acknowledged batch {op_id} is missing")
+    written: dict[tuple[int, int], dict[int, str]] = {}
+    for key, value in scan(b"batch/", b"batch0"):
+        _, t, s, j = key.decode().split("/")
+        written.setdefault((int(t), int(s)), {})[int(j)] = value.decode().split(":")[0]
+    heads: dict[tuple[int, int], tuple[str, int]] = {}
+    for key, value in scan(b"batchn/", b"batchn0"):
+        _, t, s = key.decode().split("/")
+        head_id, count = value.decode().split()
+        heads[int(t), int(s)] = (head_id, int(count))
+    for slot, (op_id, n) in sorted(heads.items()):
+        got = written.get(slot, {})
+        if sorted(got) != list(range(n)) or set(got.values()) != {op_id}:
+            mine = sum(1 for j, v in got.items() if v == op_id and j < n)
+            problems.append(f"batch {op_id}: {mine} of {n} keys present"
+                            + (f", and {len(got) - mine} of other batches" if len(got) > mine
+                               else ""))
+    for tid, slot_no in sorted(written.keys() - heads.keys()):
+        problems.append(f"batch slot {tid}/{slot_no}: keys present without its batchn key")
+    for slot in sorted(model.slots.keys() | heads.keys()):
+        problems += model.settle("batch", model.slots.setdefault(slot, Known()),
+                                 heads[slot][0] if slot in heads else None)
+    journals = {int(k.decode().split("/")[1]): v.decode() for k, v in scan(b"xfer/", b"xfer0")}
+    for tid in sorted(model.journals.keys() | journals.keys()):
+        problems += model.settle("transfer", model.journals.setdefault(tid, Known()),
+                                 journals.get(tid))
     balances = [int(v) for _, v in scan(b"acct/", b"acct0")]
     if balances and (len(balances) != ACCOUNTS or sum(balances) != ACCOUNTS * OPENING_BALANCE):
         problems.append(f"accounts: {len(balances)} accounts summing to {sum(balances)}")
-    for op_id in model.transfers:
-        if get(f"xfer/{op_id}".encode()) is None:
-            problems.append(f"acknowledged transfer {op_id} is missing")
     for k in range(COUNTERS):
         v = int(get(b"ctr/%d" % k) or 0)
         acked = model.counters.get(k, 0)
@@ -315,19 +408,48 @@ def check_cluster(path: str, model: Model, threads: int) -> list[str]:
 # ---------------------------------------------------------------------- driver
 
 
-def _pump(stream: IO[str] | None, lines: queue.Queue[str | None]) -> None:
-    """Move the worker's acknowledgement lines into ``lines``; ``None`` marks its death."""
-    if stream is not None:
+def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
+    """Move the worker's report lines into ``lines``; ``None`` marks its death."""
+    with stream:
         for line in stream:
             lines.put(line.strip())
     lines.put(None)
+
+
+def fork_worker(target: str, path: str, seed: int, run: int, threads: int,
+                sync: str) -> tuple[int, IO[str]]:
+    """Fork a worker from this process (its imports already done); return (pid, report pipe).
+
+    The child never returns into the caller's code: it leaves through
+    ``os._exit``, so no ``finally`` or ``atexit`` of the parent runs twice.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; killed, so coverage never sees it end
+        status = 1
+        try:
+            os.close(read_fd)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it, no traceback
+            _worker(target, path, seed, run, threads, sync,
+                    os.fdopen(write_fd, "w", encoding="utf-8"))
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    os.close(write_fd)
+    return pid, os.fdopen(read_fd, encoding="utf-8")
 
 
 @dataclass
 class Tally:
     kills: int = 0
     acks: int = 0
+    seconds: float = 0.0
     violations: list[str] = field(default_factory=list)
+
+    @property
+    def kills_per_s(self) -> float:
+        return self.kills / self.seconds if self.seconds else 0.0
 
 
 def run_engine(path: str, *, seed: int, duration: float, kill_interval: float,
@@ -337,42 +459,49 @@ def run_engine(path: str, *, seed: int, duration: float, kill_interval: float,
     rng = random.Random(seed)
     model = Model()
     tally = Tally()
-    deadline = time.monotonic() + duration
+    started = time.monotonic()
+    deadline = started + duration
+    check = check_cluster if target == "cluster" else check_store
     run = 0
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
     while time.monotonic() < deadline and (max_kills is None or tally.kills < max_kills):
         run += 1
         sync = rng.choice(["always", "always", "none"])
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.crash", "--worker", target, path,
-             str(rng.randrange(1 << 30)), str(run), str(threads), sync],
-            stdout=subprocess.PIPE, text=True, env=env)
+        model.begin_run(run)
+        pid, stream = fork_worker(target, path, rng.randrange(1 << 30), run, threads, sync)
         lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(proc.stdout, lines), daemon=True)
+        reader = threading.Thread(target=_pump, args=(stream, lines), daemon=True)
         reader.start()
-        first = lines.get(timeout=60)
+        try:
+            first = lines.get(timeout=60)
+        except queue.Empty:
+            first = "nothing in 60 s"
         if first != "READY":
-            proc.kill()
-            proc.wait()
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
             tally.violations.append(f"run {run}: worker did not start ({first!r})")
             break
         time.sleep(rng.uniform(0, kill_interval))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
         reader.join()
         n = 0
         while (line := lines.get()) is not None:
             model.ack(line)
             n += 1
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+            tally.violations.append(f"run {run}: the worker died before the kill "
+                                    f"(wait status {status})")
+            break
         tally.kills += 1
         tally.acks += n
-        problems = (check_cluster if target == "cluster" else check_store)(path, model, threads)
+        problems = check(path, model, threads)
         log(f"kill {tally.kills:4d}: {n:5d} acks this run, {tally.acks:7d} total, "
             f"{'sync=' + sync if target == 'engine' else f'{model.ambiguous} ambiguous'}, "
             f"{'OK' if not problems else 'VIOLATION'}")
         if problems:
             tally.violations = problems
             break
+    tally.seconds = time.monotonic() - started
     return tally
 
 
@@ -395,14 +524,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="writer threads in the worker (default 4)")
     parser.add_argument("--dir", default=None,
                         help="store directory (default: a new temporary directory)")
-    parser.add_argument("--worker", nargs=6,
-                        metavar=("TARGET", "PATH", "SEED", "RUN", "THREADS", "SYNC"),
-                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        wtarget, path, wseed, wrun, wthreads, wsync = args.worker
-        _worker(wtarget, path, int(wseed), int(wrun), int(wthreads), wsync)
-        return 0
     if args.duration <= 0 or args.kill_interval <= 0 or args.threads < 1:
         parser.error("--duration and --kill-interval must be positive, --threads >= 1")
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
@@ -417,20 +539,22 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         print(f"interrupted; kept {path}", file=sys.stderr)
         raise
+    rate = f"{tally.kills} kills in {tally.seconds:.0f} s ({tally.kills_per_s:.2f} kills/s)"
     if tally.violations:
-        print(f"FAILED after {tally.kills} kills; reproduce with --seed {seed}")
+        print(f"FAILED after {rate}; reproduce with --seed {seed}")
         for v in tally.violations[:20]:
             print(f"  {v}")
         inspect = "python -m replication stats" if args.target == "cluster" else \
             "python -m engine verify"
         print(f"kept {path} for inspection ({inspect} {path})")
         return 1
-    print(f"PASSED: {tally.kills} kills survived, {tally.acks} acknowledged operations "
-          f"checked, 0 violations (seed {seed})")
+    print(f"PASSED: {rate} survived, {tally.acks} acknowledged operations checked, "
+          f"0 violations (seed {seed})")
     if scratch:
         shutil.rmtree(path, ignore_errors=True)
         print(f"removed {path}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
@@ -26,7 +27,7 @@ from typing import Any
 
 import engine
 
-__all__ = ["SYSTEMS", "System", "available_systems"]
+__all__ = ["NETWORK_PEERS", "SYSTEMS", "System", "available_systems"]
 
 
 class System(ABC):
@@ -280,10 +281,22 @@ SYSTEMS: dict[str, Callable[..., System]] = {
 }
 _MODULES = {"lmdb": "lmdb", "rocksdb": "rocksdict"}
 
+# Server peers: name -> how to get its binary (never a requirement).
+NETWORK_PEERS: dict[str, str] = {
+    "etcd": "an etcd binary on PATH (Debian: apt-get install etcd-server)",
+}
+
+
+def on_path(binary: str) -> bool:
+    """Whether ``binary`` is an executable on PATH (a network peer's server)."""
+    return shutil.which(binary) is not None
+
 
 def available_systems(wanted: Iterable[str] | None = None) -> list[str]:
-    """stratakv and sqlite3 always; lmdb and rocksdb when their bindings are installed."""
+    """stratakv and sqlite3 always; lmdb and rocksdb when their bindings are installed;
+    etcd when its binary is on PATH."""
     names = [n for n in SYSTEMS if n not in _MODULES or importlib.util.find_spec(_MODULES[n])]
+    names += [n for n in NETWORK_PEERS if on_path(n)]
     if wanted is not None:
         wanted = set(wanted)
         names = [n for n in names if n in wanted]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from bench.systems import System
+from bench.systems import NETWORK_PEERS, System
 
 __all__ = ["WORKLOADS", "Config", "Measurement", "Workload"]
 
@@ -46,6 +46,7 @@ class Config:
     min_seconds: float = 2.0
     repeats: int = 3
     path: str = ""  # the workload's scratch directory (set by the runner)
+    system: str = "stratakv"  # the system under test (set by the runner)
 
     def n(self, quick: int) -> int:
         """Operation count for a workload whose quick-suite size is ``quick``."""
@@ -68,6 +69,13 @@ class Workload:
     unit: str = "ops/s"
     peers: bool = True  # also run on sqlite3/lmdb/rocksdb
     durable: bool = False  # fsync-bound: time floor and repeats (Config.min_seconds, repeats)
+    network: bool = False  # on server processes: also run on the NETWORK_PEERS (etcd)
+
+    def runs_on(self, system: str) -> bool:
+        """Whether this workload is measured on ``system`` (stratakv: always)."""
+        if system == "stratakv":
+            return True
+        return self.network if system in NETWORK_PEERS else self.peers
 
 
 class Values:
@@ -424,16 +432,16 @@ def _extra_workloads() -> list[Workload]:
                  unit="failovers/s", peers=False),
         *[Workload(f"proc_put{n}", f"3 node processes over TCP: durable puts, {n} client"
                                    f"{'s' if n > 1 else ''} in other processes",
-                   proc_workload("put", n, ops), peers=False, durable=True)
+                   proc_workload("put", n, ops), peers=False, durable=True, network=True)
           for n, ops in ((1, 1_000), (16, 6_400), (64, 12_800))],
         Workload("proc_get16", "3 node processes: linearizable gets (ReadIndex), 16 clients",
-                 proc_workload("get", 16, 6_400), peers=False),
+                 proc_workload("get", 16, 6_400), peers=False, network=True),
         Workload("proc_rmw16", "3 node processes: read-modify-write transactions on 1,000 "
                                "keys, 16 clients", proc_workload("rmw", 16, 3_200),
-                 unit="commits/s", peers=False, durable=True),
+                 unit="commits/s", peers=False, durable=True, network=True),
         Workload("proc_failover", "3 node processes: SIGKILL the leader -> first successful "
                                   "put (latency = failover time)", proc_failover,
-                 unit="failovers/s", peers=False),
+                 unit="failovers/s", peers=False, network=True),
     ]
 
 

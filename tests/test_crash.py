@@ -24,19 +24,43 @@ def test_kill_minus_nine_loses_no_acknowledged_write(tmp_path: object, seed: int
 
 
 def test_checker_detects_a_lost_acknowledgement(tmp_path: object) -> None:
-    """The crash checker itself fails when an acknowledged batch is missing or torn."""
+    """The crash checker itself fails when an acknowledged batch is missing, torn or stale."""
     import engine
 
     path = os.path.join(str(tmp_path), "db")
     with engine.open(path) as db, db.batch() as b:
-        b.put(b"batch/1.0.1/0", b"x")
-        b.put(b"batch/1.0.1/1", b"x")
-        b.put(b"batchn/1.0.1", b"3")  # claims three keys: torn
+        b.put(b"batch/0/00/0", b"1.0.5:x")
+        b.put(b"batch/0/00/1", b"1.0.5:x")
+        b.put(b"batchn/0/00", b"1.0.5 3")  # in flight, claims three keys: torn
+        b.put(b"batch/0/02/0", b"1.0.3:x")
+        b.put(b"batchn/0/02", b"1.0.3 1")  # an older batch than the acknowledged 1.0.4
     model = crash.Model()
-    model.ack("B 1.0.2 1")  # acknowledged, never written: lost
+    model.begin_run(1)
+    model.ack("B 1.0.2 1 1")  # acknowledged, never written: lost
+    model.ack("B 1.0.3 2 1")
+    model.ack("B 1.0.4 2 1")  # acknowledged over 1.0.3, which the store still holds
     problems = crash.check_store(path, model, threads=1)
     assert any("2 of 3" in p for p in problems)
     assert any("1.0.2 is missing" in p for p in problems)
+    assert any("1.0.4 is lost" in p for p in problems)
+    assert not any("1.0.5" in p and "never acknowledged" in p for p in problems), \
+        "1.0.5 ran after the thread's last report: it may have been in flight"
+
+
+def test_checker_accepts_the_one_operation_in_flight_and_nothing_older(tmp_path: object) -> None:
+    """A write after a thread's last report may survive; a stale one from an old run may not."""
+    import engine
+
+    path = os.path.join(str(tmp_path), "db")
+    with engine.open(path) as db, db.batch() as b:
+        b.put(b"xfer/0", b"2.0.5")  # thread 0, run 2, after its last report (i = 4)
+        b.put(b"xfer/1", b"1.1.9")  # thread 1, from run 1: reappeared from nowhere
+    model = crash.Model()
+    model.begin_run(2)
+    model.ack("T 2.0.4")
+    problems = crash.check_store(path, model, threads=2)
+    assert problems == ["transfer 1.1.9 was never acknowledged nor in flight"], problems
+    assert model.journals[0].certain == "2.0.5"  # what survived is now the known state
 
 
 def test_cli_rejects_bad_arguments() -> None:
