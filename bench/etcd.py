@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from replication.processes import ChildNode, _die_with_parent, free_ports, stop_nodes
+from replication.processes import ChildNode, die_with_parent, free_ports, stop_nodes
 
 __all__ = ["EtcdClient", "EtcdCluster", "EtcdError", "etcd_binary", "etcd_version"]
 
@@ -148,7 +148,7 @@ class EtcdCluster:
             env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
             m.process = subprocess.Popen(self.command(i), stdin=subprocess.DEVNULL,
                                          stdout=logfile, stderr=logfile, env=env,
-                                         preexec_fn=_die_with_parent)
+                                         preexec_fn=die_with_parent)
 
     def restart(self, i: int) -> None:
         """Start member ``i`` again after :meth:`kill`, from its data directory."""
