@@ -1,7 +1,7 @@
 """RaftConsensus: one node's consensus module -- a pure RaftNode, a durable NodeLog, a transport.
 
 The driver is the thin shell around :mod:`replication.raft.node`: it owns
-the node's :class:`~replication.log_store.NodeLog` (through
+the node's :class:`~replication.node_log.NodeLog` (through
 :class:`LogStorage`, the core's read-only view of it), feeds the core its
 inputs -- ticks, messages from peers, proposals and reads -- and carries out
 every :class:`~replication.raft.node.Ready` in the order the core demands::
@@ -51,7 +51,7 @@ from sortedcontainers import SortedDict
 from engine.fs import FileSystem
 from replication.consensus import LogEntry
 from replication.errors import AmbiguousCommit, NotLeader, Unavailable
-from replication.log_store import NodeLog
+from replication.node_log import NodeLog
 from replication.raft.errors import LogCompacted, LogUnavailable, ProposalDropped
 from replication.raft.log import limit_bytes
 from replication.raft.messages import HardState, Message, SnapshotMeta

@@ -38,7 +38,7 @@ from engine.fs import FileSystem, OSFileSystem
 from replication.consensus import LogEntry
 from replication.driver import RaftConsensus, RaftProposal
 from replication.errors import AmbiguousCommit, NodeDamaged, NotLeader, Unavailable
-from replication.log_store import NodeLog
+from replication.node_log import NodeLog
 from replication.raft.node import RaftConfig
 from replication.runtime import RealRuntime, SimulatedRuntime
 from replication.transport.memory import MemoryNetwork

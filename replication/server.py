@@ -10,7 +10,7 @@ Directory layout (``DIR`` is ``--data``)::
 
     DIR/NODE        who this directory belongs to: cluster name, node id, size
     DIR/LOCK        held while the process runs (a second process refuses)
-    DIR/log/        the replica's Raft log (replication.log_store.NodeLog)
+    DIR/log/        the replica's Raft log (replication.node_log.NodeLog)
     DIR/replica/    its engine generations and ENGINE pointer (replication.node)
     DIR/snapshots/  the checkpoint it serves to followers (replication.snapshots)
     DIR/incoming/   a snapshot download in progress (resumable)

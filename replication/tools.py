@@ -11,7 +11,7 @@ Invariants:
    torn log tail is reported, never cut off (``NodeLog`` would truncate it),
    and engine stores are described by :func:`engine.tools.store_stats`,
    which does not run recovery.
-2. The record layout is :mod:`replication.log_store`'s (its constants are
+2. The record layout is :mod:`replication.node_log`'s (its constants are
    imported, not copied) and the framing is :func:`engine.record.read_log`,
    so the tool calls damaged exactly what a restarting node would refuse.
 
@@ -30,7 +30,7 @@ from engine.fs import FileSystem
 from engine.record import read_log
 from engine.tools import StoreStats, human_bytes, show_bytes, store_stats
 from replication.command import decode_command
-from replication.log_store import (
+from replication.node_log import (
     _BASE,
     _ENTRY,
     _HEADER,

@@ -231,7 +231,7 @@ def test_the_offline_log_replay_applies_a_retried_request_once(tmp_path: Path) -
     applied every copy and reported a replica that was right as diverged."""
     from bench.nemesis.cluster import applied_log, apply_log
     from replication.consensus import LogEntry
-    from replication.log_store import NodeLog
+    from replication.node_log import NodeLog
 
     a, b = Session(b"a" * 16, 1), Session(b"b" * 16, 1)
     nlog = NodeLog(OSFileSystem(), str(tmp_path / "log"), 0)

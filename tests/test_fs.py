@@ -130,7 +130,7 @@ def test_replica_log_never_reports_a_failed_sync_as_durable() -> None:
     synced (it once did: the pending records were taken before the sync that failed)."""
     from engine.fs import MemFS
     from replication.consensus import LogEntry
-    from replication.log_store import NodeLog
+    from replication.node_log import NodeLog
 
     fs = MemFS()
     lg = NodeLog(fs, "/log", 0)

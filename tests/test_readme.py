@@ -194,8 +194,8 @@ def test_format_md_worked_examples_match_the_encoders() -> None:
     from engine.record import file_header
     from engine.wal import encode_group
     from replication.command import encode_command
-    from replication.log_store import _ENTRY, _HEADER, _MAGIC, ENTRY
-    from replication.log_store import FORMAT_VERSION as RLOG_VERSION
+    from replication.node_log import _ENTRY, _HEADER, _MAGIC, ENTRY
+    from replication.node_log import FORMAT_VERSION as RLOG_VERSION
 
     text = (README.parent / "docs" / "FORMAT.md").read_text()
     assert f"Format version: **{FORMAT_VERSION}**" in text

@@ -274,7 +274,7 @@ def test_torn_wal_tail_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
 def test_torn_replication_log_tail_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     """The replication log's recovery warns once for a torn tail (it shares the log reader)."""
     from replication.consensus import LogEntry
-    from replication.log_store import NodeLog
+    from replication.node_log import NodeLog
 
     fs = MemFS()
     lg = NodeLog(fs, "/log", 0)

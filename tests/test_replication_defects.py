@@ -26,7 +26,7 @@ from engine.fs import MemFS, WritableFile
 from replication import AmbiguousCommit, Cluster, NotLeader, Unavailable
 from replication.consensus import LogEntry
 from replication.errors import NodeDamaged
-from replication.log_store import NodeLog
+from replication.node_log import NodeLog
 from replication.raftgroup import RaftGroup
 from tests.test_cluster_faults import LIVENESS_S, wait_for
 

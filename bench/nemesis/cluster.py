@@ -28,7 +28,7 @@ from engine.fs import OSFileSystem
 from replication.client import RemoteStore
 from replication.cluster import DEFAULT_ENGINE_OPTIONS
 from replication.command import decode_command
-from replication.log_store import NodeLog
+from replication.node_log import NodeLog
 from replication.processes import ChildNode, free_ports, start_node, stop_nodes
 from replication.sessions import INTERNAL_PREFIX, resolve_sessions
 from replication.transport.tcp import Address, format_address
