@@ -399,6 +399,8 @@ def deleterange(make: MakeSystem, cfg: Config) -> Measurement:
         "range_keys": width, "scan_deleted_us": round(deleted_mem, 1),
         "scan_empty_us": round(empty_mem, 1),
         "deleted_vs_empty": round(deleted_mem / max(empty_mem, 1e-9), 2),
+        "compacted_scan_deleted_us": round(deleted_compacted, 1),
+        "compacted_scan_empty_us": round(empty_compacted, 1),
         "after_compaction_deleted_vs_empty": round(
             deleted_compacted / max(empty_compacted, 1e-9), 2)})
 

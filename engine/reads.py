@@ -30,7 +30,8 @@ Thread-safety: everything here may be called from any thread at once.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import pairwise
 from typing import Protocol
 
 from engine.batch import Buffer, check_key, check_keys, scan_bounds
@@ -211,9 +212,14 @@ def lookup_many(sv: SuperVersion, keys: list[bytes], seq: int) -> list[bytes | N
     return [found.get(k) for k in keys]
 
 
-def cursors(sv: SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
-            ) -> list[Cursor]:
-    """One cursor per source of ``sv`` that may hold keys in ``[lo, hi)``."""
+def cursors(sv: SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool,
+            min_seq: int = 0) -> list[Cursor]:
+    """One cursor per source of ``sv`` that may hold keys in ``[lo, hi)``.
+
+    ``min_seq``: leave out tables with no version at or above it (the
+    range is under a range tombstone of that sequence: what they hold
+    there is hidden anyway).
+    """
     # An empty memtable has nothing for this scan even if written to later:
     # the scan's sequence was read first, and writes become visible only
     # after they are in the memtable.
@@ -221,9 +227,43 @@ def cursors(sv: SuperVersion, lo: bytes | None, hi: bytes | None, reverse: bool
     out += [MemCursor(imm, lo, hi, reverse) for imm in sv.imms]
     for t in sv.l0:
         p = t.props
-        if (lo is None or p.largest >= lo) and (hi is None or p.smallest < hi):
+        if (p.max_seq >= min_seq and (lo is None or p.largest >= lo)
+                and (hi is None or p.smallest < hi)):
             out.append(t.cursor(lo, hi, reverse))
-    out += [LevelCursor(tables, lo, hi, reverse, largest) for largest, tables in sv.levels]
+    for largest, tables in sv.levels:
+        if min_seq:
+            keep = [i for i, t in enumerate(tables) if t.props.max_seq >= min_seq]
+            if len(keep) < len(tables):
+                tables = [tables[i] for i in keep]
+                largest = [largest[i] for i in keep]
+        out.append(LevelCursor(tables, lo, hi, reverse, largest))
+    return out
+
+
+Segment = tuple[bytes | None, bytes | None, int]
+
+
+def covered_segments(lo: bytes | None, hi: bytes | None, rts: Sequence[RangeTombstone]
+                     ) -> list[Segment]:
+    """``[lo, hi)`` cut at every range-tombstone boundary inside it: ``(start, end, seq)``
+    pieces in key order, ``seq`` the highest sequence of the tombstones covering the
+    whole piece (0: none). Neighbours with the same ``seq`` are merged. Pure.
+
+    A version older than ``seq`` in its piece is hidden, so a scan of the piece needs
+    only the sources holding versions at or above it (:func:`cursors`' ``min_seq``):
+    scanning across a deleted range then costs what scanning an empty one does.
+    """
+    points = sorted({p for s, e, _ in rts for p in (s, e)
+                     if (lo is None or p > lo) and (hi is None or p < hi)})
+    bounds: list[bytes | None] = [lo, *points, hi]
+    out: list[Segment] = []
+    for a, b in pairwise(bounds):
+        seq = 0 if a is None or b is None else max(
+            (t for s, e, t in rts if s <= a and b <= e), default=0)
+        if out and out[-1][2] == seq:
+            out[-1] = (out[-1][0], b, seq)
+        else:
+            out.append((a, b, seq))
     return out
 
 
@@ -279,7 +319,18 @@ class Reader:
         if lo is not None and hi is not None and lo >= hi:
             return iter(())
         rts = range_tombstones(sv, seq) if src.range_deletes else []
-        return scan_items(cursors(sv, lo, hi, reverse), seq, reverse, self._check_open, rts)
+        segments = covered_segments(lo, hi, rts) if rts else []
+        if len(segments) <= 1 and not (segments and segments[0][2]):
+            return scan_items(cursors(sv, lo, hi, reverse), seq, reverse, self._check_open,
+                              rts)
+        return self._scan_segments(sv, segments, reverse, seq, rts)
+
+    def _scan_segments(self, sv: SuperVersion, segments: list[Segment], reverse: bool,
+                       seq: int, rts: list[RangeTombstone]) -> Iterator[tuple[bytes, bytes]]:
+        """A scan piece by piece (see :func:`covered_segments`), in scan order."""
+        for a, b, covered in (reversed(segments) if reverse else segments):
+            yield from scan_items(cursors(sv, a, b, reverse, covered), seq, reverse,
+                                  self._check_open, rts)
 
 
 class Snapshot:
