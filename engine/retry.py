@@ -21,7 +21,8 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from types import TracebackType
+from typing import Protocol, Self, TypeVar
 
 from engine.errors import SerializationFailure
 
@@ -48,6 +49,32 @@ class Attempt(Protocol):
     def commit(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+
+class CommitOnExit:
+    """A transaction's ``with`` block: commit on a clean exit, roll back on an exception.
+
+    Shared by every transaction class (the engine's, the replicated store's, the network
+    client's); the subclass provides ``commit()`` and ``rollback()``.
+    """
+
+    __slots__ = ()
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.rollback()
 
 
 def backoff_bound_s(attempt: int, backoff_base_s: float, backoff_max_s: float) -> float:

@@ -13,12 +13,12 @@ transactions may run concurrently.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 from typing import NoReturn, Protocol, cast
 
 from engine.batch import Buffer, WriteBatch, check_key, check_keys, check_sync, scan_bounds
 from engine.errors import InvalidArgument, SerializationFailure, TransactionClosed
 from engine.options import Options
+from engine.retry import CommitOnExit
 from engine.ssi import TxnState
 
 __all__ = ["BatchReadBackend", "SyncingBackend", "Transaction", "TransactionBackend"]
@@ -72,7 +72,7 @@ class SyncingBackend(Protocol):
                     sync: bool | None) -> int | None: ...
 
 
-class Transaction:
+class Transaction(CommitOnExit):
     """One serializable transaction (``isolation="ssi"``) or OCC one (``"occ"``)."""
 
     __slots__ = ("_backend", "_batch", "_done", "_state", "_sync", "_writes", "sequence")
@@ -208,15 +208,6 @@ class Transaction:
         self._done = True
         self._backend.rollback(self._state)
 
-    def __enter__(self) -> Transaction:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()
 
 
 def _overlay(base: Iterator[tuple[bytes, bytes]], own: list[tuple[bytes, bytes | None]],

@@ -40,7 +40,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
 from typing import Any, TypeVar
 
 import engine
@@ -49,6 +48,7 @@ from engine.retry import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_MAX_RETRIES,
+    CommitOnExit,
     run_with_retries,
 )
 from replication.errors import AmbiguousCommit, NotLeader, Unavailable
@@ -365,7 +365,7 @@ class RemoteStore:
         return f"RemoteStore({','.join(format_address(a) for a in self.endpoints)})"
 
 
-class RemoteTransaction:
+class RemoteTransaction(CommitOnExit):
     """An interactive transaction held by the leader for this connection."""
 
     def __init__(self, store: RemoteStore, read_only: bool) -> None:
@@ -466,12 +466,3 @@ class RemoteTransaction:
             self._store._give(self._conn)
             self._store._release(self._session)
 
-    def __enter__(self) -> RemoteTransaction:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()

@@ -28,7 +28,6 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any, TypeVar
 
 import engine
@@ -37,6 +36,7 @@ from engine.retry import (
     DEFAULT_BACKOFF_BASE_S,
     DEFAULT_BACKOFF_MAX_S,
     DEFAULT_MAX_RETRIES,
+    CommitOnExit,
     run_with_retries,
 )
 from engine.txn import Transaction
@@ -65,7 +65,7 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode("utf-8")
 
 
-class StoreTransaction:
+class StoreTransaction(CommitOnExit):
     """A serializable transaction on the leader, with str keys and values."""
 
     __slots__ = ("_tx",)
@@ -104,15 +104,6 @@ class StoreTransaction:
     def snapshot_sequence(self) -> int:
         return self._tx.snapshot_sequence
 
-    def __enter__(self) -> StoreTransaction:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.rollback()
 
 
 class KeyValueStore:
